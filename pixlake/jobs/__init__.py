@@ -1,0 +1,1 @@
+"""Ray job entrypoints, each runnable as ``python -m pixlake.jobs.<name>``."""

@@ -1,0 +1,37 @@
+"""Flags and error handling shared by the job entrypoints and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+
+def add_store_flags(parser: argparse.ArgumentParser) -> None:
+    """``--db``, ``--collection`` and ``--config``."""
+    parser.add_argument("--db", help="milvus-lite path (default ./pixlake.db) or Milvus server URI http://host:19530")
+    parser.add_argument("--collection", help="collection name (default 'images')")
+    parser.add_argument("--config", type=Path, help="YAML settings file (flags override it, it overrides defaults)")
+
+
+def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--pretrained``."""
+    parser.add_argument("--model", help="open_clip model name (default ViT-B-32)")
+    parser.add_argument("--pretrained", help="open_clip tag, local checkpoint path, or 'none' for random weights")
+
+
+def run_main(body: Callable[[], int]) -> int:
+    """Run a command body; a :class:`PixlakeError` becomes one line on stderr and exit code 2."""
+    from pixlake.platform.errors import PixlakeError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return body()
+    except PixlakeError as e:
+        print(f"pixlake: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pixlake: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,259 @@
+"""open_clip behind one loader: images and texts in, L2-normalised float32 vectors out.
+
+Preprocessing is split in two so the heavy part runs where it belongs: the PIL half
+(resize, crop) runs in CPU decode tasks and ships compact uint8 pixels; the tensor half
+(scale, normalise) runs beside the model, on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from pixlake.platform.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
+# Random weights ("none") are drawn from this seed so every actor of a job, and every
+# re-run, builds the same model and the fingerprint means something.
+RANDOM_WEIGHTS_SEED = 0
+_NO_WEIGHTS = {"", "none", "random"}
+
+_registered = False
+
+
+def register_bundled_configs() -> None:
+    """Make the project's model configs (``model_configs/*.json``) known to open_clip."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(BUNDLED_CONFIGS)
+        _registered = True
+
+
+def default_device() -> str:
+    """CUDA when present, else CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a decode task needs to prepare pixels for a model, without loading it."""
+
+    size: int | tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    resize_mode: str
+    fill_color: int
+
+    def pil_transform(self) -> Callable[[Any], np.ndarray]:
+        """Return the PIL half of open_clip's eval transform: PIL RGB image → uint8 HWC array."""
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+        from torchvision.transforms import ToTensor
+
+        full = image_transform_v2(PreprocessCfg(mode="RGB", **asdict(self)), is_train=False)
+        steps = []
+        for t in full.transforms:
+            if isinstance(t, ToTensor):
+                break
+            steps.append(t)
+
+        def apply(image: Any) -> np.ndarray:
+            for t in steps:
+                image = t(image)
+            return np.asarray(image, dtype=np.uint8)
+
+        return apply
+
+
+def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str]:
+    """Map --pretrained to what open_clip takes; None means random weights."""
+    import open_clip
+
+    if pretrained is None or pretrained.strip().lower() in _NO_WEIGHTS:
+        return None
+    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")):
+        if not Path(pretrained).is_file():
+            raise ModelError(f"checkpoint not found: {pretrained}")
+        return pretrained
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained not in tags:
+        known = ", ".join(tags) or "none published"
+        raise ModelError(
+            f"unknown pretrained tag {pretrained!r} for {model_name} (known: {known}); "
+            "or pass a local checkpoint path, or 'none' for random weights"
+        )
+    if not _hub_resolves():
+        # Without this the hub client retries for about a minute before failing;
+        # offline mode still serves weights that are already in the local cache.
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    return pretrained
+
+
+def _hub_resolves(host: str = "huggingface.co") -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
+def fingerprint_of(model_name: str, config: dict, state_dict: dict) -> str:
+    """Hash architecture config and weights into a short, stable encoder fingerprint.
+
+    Args:
+        model_name: open_clip config name, kept readable in the fingerprint.
+        config: the architecture config dict.
+        state_dict: model weights (float32, CPU).
+
+    Returns:
+        ``"<model_name>:<16 hex chars>"``.
+    """
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for key in sorted(state_dict):
+        h.update(key.encode())
+        h.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return f"{model_name}:{h.hexdigest()[:16]}"
+
+
+class Encoder:
+    """A loaded open_clip model. Build with :func:`load_encoder`."""
+
+    def __init__(
+        self, model_name: str, model: Any, tokenizer: Any, preprocess: PreprocessSpec, fingerprint: str, dim: int, device: str
+    ):
+        import torch
+
+        self.model_name = model_name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.fingerprint = fingerprint
+        self.device = device
+        self.dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        self.dim = dim
+        self._pil = preprocess.pil_transform()
+        self._mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """PIL RGB image → uint8 HWC pixels at the model's input size (the CPU half)."""
+        return self._pil(image)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Embed prepared pixels.
+
+        Args:
+            pixels: uint8 array (N, H, W, 3) from :meth:`prepare`.
+
+        Returns:
+            float32 array (N, dim), each row L2-normalised.
+        """
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            x = ((x - self._mean) / self._std).to(self.dtype)
+            return _normalise(self.model.encode_image(x))
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed decoded PIL RGB images; float32 (N, dim), L2-normalised."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.embed_pixels(np.stack([self.prepare(im) for im in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; float32 (N, dim), L2-normalised."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode():
+            tokens = self.tokenizer(list(texts)).to(self.device)
+            return _normalise(self.model.encode_text(tokens))
+
+
+def _normalise(features: Any) -> np.ndarray:
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy().astype(np.float32, copy=False)
+
+
+def load_encoder(model_name: str, pretrained: Optional[str], device: Optional[str] = None) -> Encoder:
+    """Load an open_clip model with its tokenizer, preprocessing and fingerprint.
+
+    Args:
+        model_name: an open_clip config name (bundled ones included, e.g. ``pixlake-tiny``).
+        pretrained: an open_clip tag, a local checkpoint path, or ``none`` (seeded random weights).
+        device: torch device; default CUDA (half precision) when available, else CPU.
+
+    Returns:
+        The ready encoder, in eval mode.
+
+    Raises:
+        ModelError: unknown model or tag, missing checkpoint, or weights that cannot be
+            downloaded (offline); the message names the fix.
+    """
+    import open_clip
+    import torch
+
+    register_bundled_configs()
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        import difflib
+
+        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.4)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelError(f"unknown model {model_name!r}{hint}; open_clip.list_models() lists all")
+    weights = _resolve_weights(model_name, pretrained)
+    device = device or default_device()
+    try:
+        if weights is None:
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=weights, device="cpu")
+    except ModelError:
+        raise
+    except Exception as e:
+        if weights is not None and not Path(weights).is_file():
+            raise ModelError(
+                f"could not fetch weights {model_name}/{weights}: not in the local cache and the hub is "
+                f"unreachable ({type(e).__name__}). Fix: download the checkpoint where there is network "
+                f"and pass --pretrained /path/to/checkpoint"
+            ) from e
+        raise ModelError(f"could not load {model_name} with weights {weights or 'none'}: {e}") from e
+    model.eval()
+    fingerprint = fingerprint_of(model_name, config, model.state_dict())
+    cfg = model.visual.preprocess_cfg
+    preprocess = PreprocessSpec(
+        size=cfg["size"],
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=cfg["interpolation"],
+        resize_mode=cfg["resize_mode"],
+        fill_color=cfg.get("fill_color", 0),
+    )
+    model = model.to(device)
+    if device.startswith("cuda"):
+        model = model.half()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    log.info("loaded %s on %s (fingerprint %s)", model_name, device, fingerprint)
+    return Encoder(model_name, model, tokenizer, preprocess, fingerprint, int(config["embed_dim"]), device)

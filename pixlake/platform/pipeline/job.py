@@ -1,0 +1,121 @@
+"""Compose the stages into one Ray Data pipeline and run it.
+
+read → load → skip → decode (CPU tasks) → embed (actor pool) → write (datasink) → report
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+
+from pixlake.platform.encoder import load_encoder
+from pixlake.platform.pipeline.decode import DecodeImages
+from pixlake.platform.pipeline.embed import EmbedImages
+from pixlake.platform.pipeline.load import LoadItems
+from pixlake.platform.pipeline.report import JobReport
+from pixlake.platform.pipeline.sink import MilvusDatasink
+from pixlake.platform.pipeline.skip import SkipExisting
+from pixlake.platform.pipeline.sources import read_items, resolve_source
+from pixlake.platform.settings import Settings
+from pixlake.platform.store import backend_of, check_db_location
+from pixlake.platform.store_actor import start_store_actor
+
+log = logging.getLogger(__name__)
+
+
+def init_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``), else start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+
+
+def run_embed_job(source: str, settings: Settings) -> JobReport:
+    """Embed every image of ``source`` into the configured collection.
+
+    Args:
+        source: folder, glob, Parquet file/dataset or WebDataset shards (local or URI).
+        settings: store, encoder and job settings.
+
+    Returns:
+        The job report (also written to ``settings.job.report`` when set).
+
+    Raises:
+        SourceError, ModelError, StoreError, ConfigError: before any work starts, with a
+            one-line message.
+    """
+    import ray
+
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # Check the store location, the source and the model before starting Ray: a bad
+    # flag fails in seconds, and the driver needs the fingerprint and preprocessing anyway.
+    check_db_location(settings.store.db)
+    resolved = resolve_source(source)
+    encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained, device="cpu")
+    fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
+    del encoder
+    init_ray()
+    dataset = read_items(resolved)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    actors = settings.job.concurrency or max(gpus, 1)
+    store = start_store_actor(settings.store.db, settings.store.collection)
+    try:
+        index = store.ensure_collection(dim, fingerprint)
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pipeline = (
+            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes), batch_format="pyarrow", batch_size=None)
+            .map_batches(SkipExisting(store, fingerprint), batch_format="pyarrow", batch_size=None)
+            .map_batches(DecodeImages(preprocess, settings.job.decode), batch_format="pyarrow", batch_size=None)
+            .map_batches(
+                EmbedImages,
+                fn_constructor_kwargs={
+                    "model": settings.encoder.model,
+                    "pretrained": settings.encoder.pretrained,
+                    "fingerprint": fingerprint,
+                    "threads": max(1, cpus // actors),
+                },
+                batch_size=settings.job.batch_size,
+                batch_format="pyarrow",
+                concurrency=actors,
+                num_gpus=1 if gpus else 0,
+                # On CPU the actor's torch threads use the cores regardless of its
+                # reservation; a fractional one also keeps Ray from fusing decode into the
+                # actor, so decode tasks overlap the forward pass as on a GPU cluster.
+                num_cpus=1 if gpus else 0.5,
+            )
+        )
+        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed)
+        pipeline.write_datasink(sink)
+        count = store.count()
+    finally:
+        store.shutdown()
+    seconds = time.monotonic() - started
+    totals = sink.totals
+    report = JobReport(
+        run_id=uuid.uuid4().hex[:12],
+        model=fingerprint,
+        source=source,
+        db=settings.store.db,
+        backend=backend_of(settings.store.db),
+        collection=settings.store.collection,
+        index_type=index.index_type,
+        index_note=index.reason,
+        embedded=totals.get("embedded", 0),
+        skipped=totals.get("skipped", 0),
+        rejected=totals.get("rejected", 0),
+        rejections=totals.get("rejections", []),
+        seconds=round(seconds, 3),
+        images_per_s=round(totals.get("embedded", 0) / seconds, 2) if seconds else 0.0,
+        collection_count=count,
+        started_at=started_at,
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        device="cuda" if gpus else "cpu",
+    )
+    if settings.job.report is not None:
+        report.write(settings.job.report)
+    return report

@@ -1,0 +1,62 @@
+"""Report stage: the job's JSON report and its one-screen summary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass
+class JobReport:
+    """What an embed run did. ``to_dict()`` is the JSON contract of ``--report``."""
+
+    run_id: str
+    model: str
+    source: str
+    db: str
+    backend: str
+    collection: str
+    index_type: str
+    index_note: str
+    embedded: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    rejections: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    collection_count: Optional[int] = None
+    started_at: str = ""
+    finished_at: str = ""
+    device: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict (keys include the contract: run_id, model, source,
+        embedded, skipped, rejected, rejections, seconds, images_per_s)."""
+        return asdict(self)
+
+    def write(self, path: Path) -> None:
+        """Write the JSON report, creating parent directories."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def summary(self) -> str:
+        """A one-screen, human-readable summary."""
+        lines = [
+            f"pixlake embed {self.run_id}",
+            f"  source      {self.source}",
+            f"  model       {self.model} on {self.device}",
+            f"  store       {self.collection} in {self.db} ({self.backend}, index {self.index_type}: {self.index_note})",
+            f"  embedded    {self.embedded}",
+            f"  skipped     {self.skipped} (already embedded or repeated)",
+            f"  rejected    {self.rejected}",
+        ]
+        by_code = Counter(r["reason"].split(":", 1)[0] for r in self.rejections)
+        for code, n in by_code.most_common(8):
+            lines.append(f"    {code:<22} {n}")
+        lines.append(f"  time        {self.seconds:.1f} s, {self.images_per_s:.1f} images/s")
+        if self.collection_count is not None:
+            lines.append(f"  collection  {self.collection_count} rows")
+        return "\n".join(lines)

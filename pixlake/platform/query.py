@@ -1,0 +1,56 @@
+"""Query path shared by the CLI and the Serve app: encode a query, search, shape hits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from pixlake.platform.encoder import Encoder
+from pixlake.platform.errors import ConfigError, SourceError, StoreError
+from pixlake.platform.images import DecodeLimits, Rejection, decode_image
+from pixlake.platform.store import MilvusStore, build_filter
+
+
+def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
+                 limits: Optional[DecodeLimits] = None) -> np.ndarray:
+    """Embed a text or an image (encoded bytes, safely decoded) into one normalised vector.
+
+    Raises:
+        ConfigError: neither or both of text and image given.
+        SourceError: the image is rejected by the safe decoder (reason included).
+    """
+    if (text is None) == (image is None):
+        raise ConfigError("give exactly one of --text or --image")
+    if text is not None:
+        return encoder.embed_texts([text])[0]
+    decoded = decode_image(image, limits)
+    if isinstance(decoded, Rejection):
+        raise SourceError(f"query image rejected: {decoded.reason}")
+    return encoder.embed_images([decoded])[0]
+
+
+def read_image_file(path: Path) -> bytes:
+    """Read a query image file, with a clear error when it is missing."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SourceError(f"cannot read image {path}: {e.strerror or e}") from e
+
+
+def search(store: MilvusStore, encoder: Encoder, vector: np.ndarray, k: int = 10, tenant: Optional[str] = None,
+           meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
+    """Search the store with a query vector; hits are ``{"id", "source", "score", "meta"}``.
+
+    Raises:
+        StoreError: the collection is missing or holds another encoder's embeddings.
+    """
+    stored = store.model()
+    if stored is not None and stored != encoder.fingerprint:
+        raise StoreError(
+            f"collection {store.collection} holds embeddings of {stored}; the query encoder is "
+            f"{encoder.fingerprint}. Use the same --model/--pretrained as the embed job"
+        )
+    hits = store.search([vector], k=k, filter=build_filter(tenant, meta))[0]
+    return [{"id": h["id"], "source": h["source"], "score": round(h["score"], 6), "meta": h["meta"]} for h in hits]

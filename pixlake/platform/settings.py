@@ -1,0 +1,124 @@
+"""Typed settings for the store, the encoder and jobs.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment variables
+(``PIXLAKE_<SECTION>__<FIELD>``, e.g. ``PIXLAKE_STORE__DB``) > a YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from pixlake.platform.errors import ConfigError
+from pixlake.platform.images import DecodeLimits
+
+# The YAML file of the load in progress; a context variable rather than a class attribute
+# so two loads in one process (tests, Serve replicas) never see each other's file.
+_yaml_file: ContextVar[Optional[Path]] = ContextVar("pixlake_yaml_file", default=None)
+
+
+class StoreSettings(BaseModel):
+    """Where embeddings are stored."""
+
+    db: str = Field(
+        "./pixlake.db",
+        description="milvus-lite file path (embedded default) or a Milvus server URI such as http://host:19530",
+    )
+    collection: str = Field("images", description="Milvus collection name")
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, v: str) -> str:
+        # Milvus names: letters, digits, underscores; must not start with a digit.
+        if not v or not (v[0].isalpha() or v[0] == "_") or not all(c.isalnum() or c == "_" for c in v):
+            raise ValueError("must be letters, digits and underscores, not starting with a digit")
+        return v
+
+
+class EncoderSettings(BaseModel):
+    """Which open_clip model embeds images and texts."""
+
+    model: str = Field("ViT-B-32", description="open_clip model config name (see `open_clip.list_models()`)")
+    pretrained: str = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag (needs network once), a local checkpoint path, or 'none' for random weights",
+    )
+    device: Optional[str] = Field(None, description="torch device; default CUDA when available, else CPU")
+
+
+class JobSettings(BaseModel):
+    """Knobs of the bulk embedding job."""
+
+    batch_size: int = Field(64, ge=1, le=4096, description="images per encoder batch")
+    concurrency: Optional[int] = Field(
+        None, ge=1, description="encoder actors; default one per GPU, or 1 on a CPU-only cluster"
+    )
+    tenant: str = Field("default", min_length=1, description="tenant of rows whose source has no tenant column")
+    report: Optional[Path] = Field(None, description="write the JSON job report here")
+    max_rejections_listed: int = Field(
+        10_000, ge=0, description="rejections listed one by one in the report; the count is always exact"
+    )
+    decode: DecodeLimits = Field(default_factory=DecodeLimits, description="safe-decode caps")
+
+
+class Settings(BaseSettings):
+    """All pixlake settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="PIXLAKE_", env_nested_delimiter="__", extra="forbid")
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    job: JobSettings = Field(default_factory=JobSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        path = _yaml_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config: Optional[Path | str] = None, overrides: Optional[dict[str, Any]] = None) -> Settings:
+    """Load settings from defaults, a YAML file, the environment and explicit overrides.
+
+    Args:
+        config: optional YAML file with ``store:``, ``encoder:`` and ``job:`` sections.
+        overrides: nested dict (``{"store": {"db": ...}}``) that wins over everything;
+            ``None`` values are ignored so unset CLI flags do not mask lower layers.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: the file is missing or a field is invalid; the message names the field.
+    """
+    path = Path(config) if config is not None else None
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    clean = {section: {k: v for k, v in values.items() if v is not None} for section, values in (overrides or {}).items()}
+    token = _yaml_file.set(path)
+    try:
+        return Settings(**{k: v for k, v in clean.items() if v})
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"invalid setting {field}: {first['msg']}") from e
+    finally:
+        _yaml_file.reset(token)

@@ -1,0 +1,310 @@
+"""Milvus facade over ``pymilvus.MilvusClient``: one API from milvus-lite to a cluster.
+
+The interface is small on purpose (ensure / upsert / search / count / delete / close),
+with argument shapes from ``MilvusClient``; delete takes ids or a filter, never both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from pixlake.platform import records as R
+from pixlake.platform.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+LITE, SERVER = "milvus-lite", "milvus-server"
+METRIC = "COSINE"
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+_META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+_LOCK_WAIT_S = 30.0
+
+
+def backend_of(uri: str) -> str:
+    """Tell milvus-lite paths from server URIs.
+
+    Raises:
+        ConfigError: neither a ``.db`` path nor a server URI.
+    """
+    if uri.startswith(_SERVER_SCHEMES):
+        return SERVER
+    if uri.endswith(".db"):
+        return LITE
+    raise ConfigError(f"--db {uri!r}: expected a milvus-lite path ending in .db or a server URI like http://host:19530")
+
+
+def check_db_location(uri: str) -> None:
+    """Fail early and clearly when a milvus-lite path cannot be created or written.
+
+    Raises:
+        ConfigError: ``uri`` is neither a ``.db`` path nor a server URI.
+        StoreError: the directory cannot be created or written.
+    """
+    if backend_of(uri) != LITE:
+        return
+    import os
+
+    parent = Path(uri).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the directory of --db {uri}: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"--db {uri}: directory {parent} is not writable")
+
+
+@dataclass(frozen=True)
+class IndexChoice:
+    """The vector index a collection uses, and why."""
+
+    index_type: str
+    params: dict
+    search_params: dict
+    reason: str
+
+
+def choose_index(backend: str) -> IndexChoice:
+    """Pick an index the backend really builds.
+
+    milvus-lite accepts IVF_PQ but never builds it (search silently falls back to brute
+    force), so it gets HNSW. A server also gets HNSW until an index plan (PQ parameters
+    measured on the corpus) exists: a PQ code chosen blind can cost recall silently.
+    """
+    hnsw = {"M": 16, "efConstruction": 200}
+    if backend == LITE:
+        return IndexChoice("HNSW", hnsw, {"ef": 128}, "milvus-lite builds no IVF_PQ; HNSW is its best real index")
+    return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan yet; IVF_PQ needs planned parameters")
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # double-quoted, backslash-escaped: what Milvus expressions take
+    raise ConfigError(f"filter value {value!r}: expected a string, number or boolean")
+
+
+def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None) -> str:
+    """Turn structured filters into a Milvus boolean expression, escaping every value.
+
+    Args:
+        tenant: confine to this tenant.
+        meta: ``{key: value}`` equality (or ``{key: [v1, v2]}`` membership) on the ``meta`` JSON field.
+
+    Returns:
+        The expression; ``""`` when there is nothing to filter.
+
+    Raises:
+        ConfigError: a key is not a plain identifier or a value is not a scalar.
+    """
+    parts = []
+    if tenant is not None:
+        parts.append(f"{R.TENANT} == {_literal(tenant)}")
+    for key, value in (meta or {}).items():
+        if not _META_KEY.match(key):
+            raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")
+        field = f'{R.META}["{key}"]'
+        if isinstance(value, (list, tuple)):
+            parts.append(f"{field} in [{', '.join(_literal(v) for v in value)}]")
+        else:
+            parts.append(f"{field} == {_literal(value)}")
+    return " and ".join(parts)
+
+
+class MilvusStore:
+    """One Milvus collection of pixlake records.
+
+    Args:
+        uri: milvus-lite path (``./pixlake.db``) or server URI (``http://host:19530``).
+        collection: collection name.
+
+    Raises:
+        StoreError: the database cannot be opened (unwritable path, locked, unreachable).
+    """
+
+    def __init__(self, uri: str, collection: str):
+        self.uri = uri
+        self.collection = collection
+        self.backend = backend_of(uri)
+        self.index = choose_index(self.backend)
+        self._client = self._connect()
+        if self._client.has_collection(collection):
+            self._client.load_collection(collection)
+
+    def _connect(self):
+        from pymilvus import MilvusClient
+
+        check_db_location(self.uri)
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                return MilvusClient(self.uri)
+            except Exception as e:
+                locked = "lock" in str(e).lower() or "DataDirLocked" in repr(e.__context__)
+                if self.backend == LITE and locked and time.monotonic() < deadline:
+                    time.sleep(0.5)  # a previous job's store process may still be exiting
+                    continue
+                hint = " (another process holds it open)" if locked else ""
+                raise StoreError(f"cannot open Milvus at {self.uri}{hint}: {e}") from e
+
+    # --- collection -------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the collection exists."""
+        return self._client.has_collection(self.collection)
+
+    def ensure_collection(self, dim: int, model: str) -> IndexChoice:
+        """Create the collection for ``model`` embeddings of ``dim``, or check the existing one matches.
+
+        Raises:
+            StoreError: the existing collection holds another dimension or another encoder.
+        """
+        if self.exists():
+            self._check_compatible(dim, model)
+            return self.index
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(R.ID, DataType.VARCHAR, is_primary=True, max_length=64)
+        # A partition key keeps one tenant's search inside its own partitions on a server.
+        schema.add_field(R.TENANT, DataType.VARCHAR, max_length=256, is_partition_key=self.backend == SERVER)
+        schema.add_field(R.SUBJECT, DataType.VARCHAR, max_length=64)
+        schema.add_field(R.CONTENT_HASH, DataType.VARCHAR, max_length=64)
+        schema.add_field(R.SOURCE, DataType.VARCHAR, max_length=4096)
+        schema.add_field(R.MODEL, DataType.VARCHAR, max_length=128)
+        schema.add_field(R.META, DataType.JSON)
+        schema.add_field(R.NONCE, DataType.VARCHAR, max_length=64)
+        schema.add_field(R.KEY_ID, DataType.VARCHAR, max_length=64)
+        schema.add_field(R.VECTOR, DataType.FLOAT_VECTOR, dim=dim)
+        index_params = self._client.prepare_index_params()
+        index_params.add_index(
+            field_name=R.VECTOR, index_type=self.index.index_type, metric_type=METRIC, params=self.index.params
+        )
+        self._client.create_collection(self.collection, schema=schema, index_params=index_params)
+        self._client.load_collection(self.collection)
+        log.info("created collection %s (%s, %s, dim %d)", self.collection, self.backend, self.index.index_type, dim)
+        return self.index
+
+    def _check_compatible(self, dim: int, model: str) -> None:
+        fields = self._client.describe_collection(self.collection)["fields"]
+        have_dim = next((int(f["params"]["dim"]) for f in fields if f["name"] == R.VECTOR), None)
+        if have_dim != dim:
+            raise StoreError(f"collection {self.collection} holds {have_dim}-d vectors, the encoder makes {dim}-d")
+        other = self._client.query(
+            self.collection, filter=f"{R.MODEL} != {_literal(model)}", output_fields=[R.MODEL], limit=1
+        )
+        if other:
+            raise StoreError(
+                f"collection {self.collection} holds embeddings of {other[0][R.MODEL]}, not {model}; "
+                "use another --collection for a new encoder"
+            )
+
+    def model(self) -> Optional[str]:
+        """Encoder fingerprint of the collection's rows, or None when it is empty or missing."""
+        if not self.exists():
+            return None
+        rows = self._client.query(self.collection, filter="", output_fields=[R.MODEL], limit=1)
+        return rows[0][R.MODEL] if rows else None
+
+    def describe(self) -> dict:
+        """Name, backend, row count, model fingerprint and index type of the collection."""
+        index = self._client.describe_index(self.collection, R.VECTOR) if self.exists() else {}
+        return {
+            "collection": self.collection,
+            "backend": self.backend,
+            "rows": self.count() if self.exists() else 0,
+            "model": self.model(),
+            "index_type": index.get("index_type"),
+        }
+
+    # --- rows ---------------------------------------------------------------------------
+
+    def upsert(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert or replace rows by id (idempotent); returns how many were written."""
+        if not rows:
+            return 0
+        try:
+            return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
+        except Exception as e:
+            raise StoreError(f"upsert of {len(rows)} rows into {self.collection} failed: {e}") from e
+
+    def existing_ids(self, ids: Iterable[str], model: str) -> set[str]:
+        """The subset of ``ids`` already stored with embeddings from ``model``."""
+        ids = list(ids)
+        if not ids:
+            return set()
+        expr = f"{R.ID} in [{', '.join(_literal(i) for i in ids)}] and {R.MODEL} == {_literal(model)}"
+        rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID])
+        return {r[R.ID] for r in rows}
+
+    def search(
+        self,
+        vectors: Sequence[Sequence[float]],
+        k: int = 10,
+        filter: str = "",
+        output_fields: Sequence[str] = (R.SOURCE, R.META),
+    ) -> list[list[dict]]:
+        """Nearest rows for each query vector.
+
+        Args:
+            vectors: query vectors (L2-normalised, same encoder as the collection).
+            k: hits per query.
+            filter: expression from :func:`build_filter` (never raw client input).
+            output_fields: row fields returned beside id and score.
+
+        Returns:
+            One list per query of ``{"id", "score", <output_fields>...}``, best first.
+        """
+        if not self.exists():
+            raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
+        params = {"metric_type": METRIC, "params": dict(self.index.search_params, ef=max(k, self.index.search_params["ef"]))}
+        res = self._client.search(
+            self.collection,
+            data=[list(map(float, v)) for v in vectors],
+            limit=k,
+            filter=filter,
+            output_fields=list(output_fields),
+            search_params=params,
+        )
+        return [[{"id": h["id"], "score": float(h["distance"]), **h["entity"]} for h in hits] for hits in res]
+
+    def count(self, filter: str = "") -> int:
+        """Rows matching ``filter`` (all rows when empty), read with Strong consistency."""
+        if not self.exists():
+            return 0
+        res = self._client.query(
+            self.collection, filter=filter, output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(res[0]["count(*)"])
+
+    def delete(self, ids: Optional[Sequence[str]] = None, filter: Optional[str] = None) -> int:
+        """Delete rows by ids or by filter (exactly one of them); returns the count deleted."""
+        if (ids is None) == (filter is None):
+            raise ConfigError("delete takes ids or a filter, not both and not neither")
+        if ids is not None and not ids:
+            return 0
+        before = self.count()
+        if ids is not None:
+            self._client.delete(self.collection, ids=list(ids))
+        else:
+            if not filter:
+                raise ConfigError("delete with an empty filter would erase the collection; drop it instead")
+            self._client.delete(self.collection, filter=filter)
+        return before - self.count()
+
+    def drop(self) -> None:
+        """Drop the collection (tests and re-creation)."""
+        if self.exists():
+            self._client.drop_collection(self.collection)
+
+    def close(self) -> None:
+        """Release the client (and, for milvus-lite, the file lock)."""
+        self._client.close()

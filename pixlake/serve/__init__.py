@@ -1,0 +1,1 @@
+"""The Ray Serve application (HTTP query API). Built in a later issue."""
