@@ -148,11 +148,13 @@ class MilvusStore:
             try:
                 return MilvusClient(self.uri)
             except Exception as e:
-                locked = "lock" in str(e).lower() or "DataDirLocked" in repr(e.__context__)
-                if self.backend == LITE and locked and time.monotonic() < deadline:
-                    time.sleep(0.5)  # a previous job's store process may still be exiting
+                # pymilvus reports milvus-lite's lock conflict only as "Open local milvus
+                # failed"; the location was checked writable above, so a lock is the likely
+                # cause: a previous job's store process may still be exiting.
+                if self.backend == LITE and time.monotonic() < deadline:
+                    time.sleep(0.5)
                     continue
-                hint = " (another process holds it open)" if locked else ""
+                hint = " (is another process, e.g. a running job, holding it open?)" if self.backend == LITE else ""
                 raise StoreError(f"cannot open Milvus at {self.uri}{hint}: {e}") from e
 
     # --- collection -------------------------------------------------------------------

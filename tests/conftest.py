@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny open_clip model with seeded random weights, synthetic corpora,
+milvus-lite under tmp_path, and one local Ray instance per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+TINY = ("pixlake-tiny", "none")  # (model, pretrained): registered bundled config, seeded random weights
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder():
+    """The tiny encoder, loaded once on CPU."""
+    from pixlake.platform.encoder import load_encoder
+
+    return load_encoder(*TINY, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the tests that run pipelines in-process (starting Ray costs seconds)."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def corpus_dir(tmp_path: Path) -> Path:
+    """48 distinct synthetic PNG images (seeded)."""
+    from pixlake.platform.synthetic import write_corpus
+
+    out = tmp_path / "corpus"
+    write_corpus(out, 48, seed=1)
+    return out
+
+
+def tiny_settings(db: Path, **job):
+    """Settings for the tiny model writing into ``db``."""
+    from pixlake.platform.settings import load_settings
+
+    return load_settings(
+        overrides={
+            "store": {"db": str(db), "collection": "images"},
+            "encoder": {"model": TINY[0], "pretrained": TINY[1]},
+            "job": {"batch_size": 16, **job},
+        }
+    )

@@ -1,0 +1,174 @@
+"""The embed job end to end, in-process on a shared local Ray, into real milvus-lite."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pixlake.platform.pipeline.job import run_embed_job
+from pixlake.platform.store import MilvusStore, build_filter
+from tests.badinputs import write_bad_input_corpus
+from tests.conftest import tiny_settings
+
+REPORT_KEYS = {"run_id", "model", "source", "embedded", "skipped", "rejected", "rejections", "seconds", "images_per_s"}
+
+
+def _open(db: Path) -> MilvusStore:
+    return MilvusStore(str(db), "images")
+
+
+def test_folder_job_embeds_everything_and_an_image_finds_itself(ray_session, corpus_dir, tmp_path, tiny_encoder):
+    db = tmp_path / "p.db"
+    report_path = tmp_path / "report.json"
+    settings = tiny_settings(db, report=report_path)
+    report = run_embed_job(str(corpus_dir), settings)
+
+    images = sorted(corpus_dir.glob("*.png"))
+    assert report.embedded == len(images) == 48
+    assert (report.skipped, report.rejected) == (0, 0)
+    saved = json.loads(report_path.read_text())
+    assert REPORT_KEYS <= saved.keys()
+    assert saved["embedded"] == 48 and saved["model"] == tiny_encoder.fingerprint
+    assert saved["collection_count"] == 48
+
+    store = _open(db)
+    try:
+        assert store.count() == 48
+        from PIL import Image
+
+        for path in images[:5]:
+            vector = tiny_encoder.embed_images([Image.open(path).convert("RGB")])[0]
+            hits = store.search([vector], k=3, filter=build_filter("default"))[0]
+            assert hits[0]["source"] == str(path)
+            assert hits[0]["score"] > 0.999
+    finally:
+        store.close()
+
+
+def test_rerun_embeds_nothing_and_keeps_the_count(ray_session, corpus_dir, tmp_path):
+    db = tmp_path / "p.db"
+    first = run_embed_job(str(corpus_dir), tiny_settings(db))
+    second = run_embed_job(str(corpus_dir), tiny_settings(db))
+    assert first.embedded == 48
+    assert (second.embedded, second.skipped, second.rejected) == (0, 48, 0)
+    assert second.collection_count == 48
+
+
+def test_bad_inputs_are_embedded_or_rejected_with_reasons(ray_session, tmp_path):
+    from tests.badinputs import EXPECTED_REJECTION_CODES
+
+    must_embed, must_reject = write_bad_input_corpus(tmp_path / "bad")
+    # An unreadable path can only come from a manifest naming a file that is not there.
+    manifest = tmp_path / "manifest.parquet"
+    paths = [str(p) for p in [*must_embed.values(), *must_reject.values()]] + [str(tmp_path / "gone.jpg")]
+    pq.write_table(pa.table({"path": paths}), manifest)
+
+    report = run_embed_job(str(manifest), tiny_settings(tmp_path / "p.db"))
+
+    # Identical files would collapse to one row; the corpus has none.
+    assert report.embedded == len(must_embed), report.rejections
+    reasons = {Path(r["source"]).name: r["reason"] for r in report.rejections}
+    assert report.rejected == len(must_reject) + 1 == len(reasons)
+    for name in must_reject:
+        code = reasons[name].split(":", 1)[0]
+        assert code in EXPECTED_REJECTION_CODES[name], (name, reasons[name])
+    assert reasons["gone.jpg"].startswith("unreadable:")
+
+
+def test_parquet_with_inline_bytes_subjects_tenants_and_metadata(ray_session, corpus_dir, tmp_path, tiny_encoder):
+    images = sorted(corpus_dir.glob("*.png"))[:12]
+    table = pa.table(
+        {
+            "image": [p.read_bytes() for p in images],
+            "subject": [f"person-{i % 3}" for i in range(12)],
+            "tenant": ["acme" if i % 2 else "globex" for i in range(12)],
+            "label": [f"l{i % 4}" for i in range(12)],
+            "rank": list(range(12)),
+        }
+    )
+    pq.write_table(table, tmp_path / "rows.parquet")
+    report = run_embed_job(str(tmp_path / "rows.parquet"), tiny_settings(tmp_path / "p.db"))
+    assert report.embedded == 12
+
+    store = _open(tmp_path / "p.db")
+    try:
+        assert store.count(build_filter("acme")) == 6
+        assert store.count(build_filter("globex", {"label": "l2"})) == 3
+        rows = store._client.query("images", filter=build_filter("acme"), output_fields=["subject", "meta", "source"])
+        assert all(r["subject"] and "person" not in r["subject"] for r in rows)  # pseudonyms, never raw ids
+        assert {r["meta"]["rank"] for r in rows} == {1, 3, 5, 7, 9, 11}
+        assert all(r["source"].startswith("sha256:") for r in rows)
+        # A tenant's search never returns another tenant's rows.
+        from PIL import Image
+
+        vector = tiny_encoder.embed_images([Image.open(images[0]).convert("RGB")])[0]  # images[0] is globex
+        hits = store.search([vector], k=12, filter=build_filter("acme"))[0]
+        assert len(hits) == 6 and hits[0]["score"] < 0.999999
+    finally:
+        store.close()
+
+
+def test_webdataset_shards(ray_session, corpus_dir, tmp_path):
+    images = sorted(corpus_dir.glob("*.png"))[:10]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for s in range(2):
+        with tarfile.open(shards / f"shard-{s:03d}.tar", "w") as tar:
+            for i, path in enumerate(images[s * 5 : s * 5 + 5]):
+                for name, data in [(f"k{s}{i}.png", path.read_bytes()), (f"k{s}{i}.json", json.dumps({"label": s}).encode())]:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    report = run_embed_job(str(shards), tiny_settings(tmp_path / "p.db"))
+    assert report.embedded == 10 and report.rejected == 0
+    store = _open(tmp_path / "p.db")
+    try:
+        assert store.count(build_filter(meta={"label": 1})) == 5
+        rows = store._client.query("images", filter="", output_fields=["source"], limit=10)
+        assert all(".tar#k" in r["source"] for r in rows)
+    finally:
+        store.close()
+
+
+def test_job_embeddings_equal_open_clip_called_directly(ray_session, corpus_dir, tmp_path):
+    """The pipeline's split preprocessing + actor must give what open_clip gives on its own."""
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from pixlake.platform.encoder import register_bundled_configs
+
+    register_bundled_configs()
+    torch.manual_seed(123)
+    model, _, preprocess = open_clip.create_model_and_transforms("pixlake-tiny", pretrained=None)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    model.eval()
+
+    photo = tmp_path / "odd"
+    photo.mkdir()
+    rng = np.random.default_rng(5)
+    for i, size in enumerate([(97, 61), (40, 160), (300, 300)]):
+        Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8")).save(photo / f"{i}.jpg", quality=95)
+
+    settings = tiny_settings(tmp_path / "p.db")
+    settings.encoder.pretrained = str(ckpt)
+    run_embed_job(str(photo), settings)
+    store = _open(tmp_path / "p.db")
+    try:
+        rows = {r["source"]: np.array(r["vector"]) for r in store._client.query("images", filter="", output_fields=["source", "vector"], limit=10)}
+    finally:
+        store.close()
+    assert len(rows) == 3
+    for path in sorted(photo.glob("*.jpg")):
+        with torch.no_grad():
+            ref = model.encode_image(preprocess(Image.open(path).convert("RGB")).unsqueeze(0))[0]
+        ref = (ref / ref.norm()).numpy()
+        assert float(np.dot(ref, rows[str(path)])) >= 0.999

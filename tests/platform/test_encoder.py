@@ -1,0 +1,271 @@
+"""Tests for pixlake.platform.encoder with the tiny bundled open_clip config (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixlake.platform.encoder import Encoder, default_device, load_encoder, register_bundled_configs
+from pixlake.platform.errors import ModelError
+from tests.conftest import TINY
+
+DIM = 32
+TEXTS = ["a red circle", "a small blue square on a white background", "", "ünïcödé téxt ✓", "word " * 100]
+
+
+def _images() -> list[Image.Image]:
+    """Synthetic RGB images of various sizes and aspect ratios (square, wide, tall, tiny, odd)."""
+    rng = np.random.default_rng(7)
+    sizes = [(32, 32), (96, 96), (200, 50), (41, 173), (7, 5), (640, 481), (33, 31)]
+    out = []
+    for w, h in sizes:
+        # smooth gradient plus noise, so resampling differences would show
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], axis=-1)
+        noise = rng.integers(0, 60, size=(h, w, 3))
+        out.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB"))
+    return out
+
+
+def _assert_unit_rows(x: np.ndarray, n: int):
+    assert x.dtype == np.float32
+    assert x.shape == (n, DIM)
+    assert np.all(np.isfinite(x))
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return np.sum(a * b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_encoder: Encoder) -> Path:
+    """The tiny model's seeded weights saved as a plain state_dict checkpoint."""
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({k: v.detach().cpu().clone() for k, v in tiny_encoder.model.state_dict().items()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def perturbed_checkpoint(tmp_path_factory, tiny_encoder: Encoder) -> Path:
+    """The same weights with seeded noise added to every float tensor."""
+    import torch
+
+    gen = torch.Generator().manual_seed(123)
+    sd = {}
+    for k, v in tiny_encoder.model.state_dict().items():
+        v = v.detach().cpu().clone()
+        if v.is_floating_point():
+            v = v + 0.05 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        sd[k] = v
+    path = tmp_path_factory.mktemp("ckpt") / "perturbed.pt"
+    torch.save(sd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path):
+    """open_clip used directly (full eval transform, tokenizer), from the same checkpoint."""
+    import open_clip
+
+    register_bundled_configs()
+    model, _, preprocess_val = open_clip.create_model_and_transforms(TINY[0], pretrained=str(checkpoint), device="cpu")
+    model.eval()
+    return model, preprocess_val, open_clip.get_tokenizer(TINY[0])
+
+
+# --- shapes, dtype, normalisation --------------------------------------------------------
+
+
+def test_default_device_is_cpu_here():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert default_device() == "cpu"
+
+
+def test_tiny_encoder_attributes(tiny_encoder: Encoder):
+    assert tiny_encoder.dim == DIM
+    assert tiny_encoder.device == "cpu"
+    assert tiny_encoder.model_name == TINY[0]
+    assert tiny_encoder.fingerprint.startswith(f"{TINY[0]}:")
+    assert len(tiny_encoder.fingerprint.split(":", 1)[1]) == 16
+    assert tiny_encoder.preprocess.size in (32, (32, 32))
+
+
+def test_image_embeddings_are_unit_float32(tiny_encoder: Encoder):
+    images = _images()
+    _assert_unit_rows(tiny_encoder.embed_images(images), len(images))
+
+
+def test_text_embeddings_are_unit_float32(tiny_encoder: Encoder):
+    _assert_unit_rows(tiny_encoder.embed_texts(TEXTS), len(TEXTS))
+
+
+def test_distinct_inputs_give_distinct_embeddings(tiny_encoder: Encoder):
+    img = tiny_encoder.embed_images(_images()[:3])
+    txt = tiny_encoder.embed_texts(TEXTS[:2])
+    assert not np.allclose(img[0], img[1])
+    assert not np.allclose(txt[0], txt[1])
+
+
+def test_empty_inputs(tiny_encoder: Encoder):
+    for out in (tiny_encoder.embed_images([]), tiny_encoder.embed_texts([])):
+        assert out.shape == (0, DIM)
+        assert out.dtype == np.float32
+
+
+def test_batching_does_not_change_embeddings(tiny_encoder: Encoder):
+    images = _images()
+    together = tiny_encoder.embed_images(images)
+    alone = np.concatenate([tiny_encoder.embed_images([im]) for im in images])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_prepare_gives_uint8_pixels_at_model_size(tiny_encoder: Encoder):
+    for im in _images():
+        px = tiny_encoder.prepare(im)
+        assert px.dtype == np.uint8
+        assert px.shape == (32, 32, 3)
+
+
+def test_prepare_plus_embed_pixels_equals_embed_images(tiny_encoder: Encoder):
+    images = _images()
+    pixels = np.stack([tiny_encoder.prepare(im) for im in images])
+    np.testing.assert_array_equal(tiny_encoder.embed_pixels(pixels), tiny_encoder.embed_images(images))
+
+
+# --- determinism and fingerprints -------------------------------------------------------
+
+
+def test_random_weights_are_deterministic(tiny_encoder: Encoder):
+    import torch
+
+    torch.manual_seed(999)  # global RNG state must not matter
+    again = load_encoder(*TINY, device="cpu")
+    assert again.fingerprint == tiny_encoder.fingerprint
+    images = _images()[:3]
+    np.testing.assert_array_equal(again.embed_images(images), tiny_encoder.embed_images(images))
+    np.testing.assert_array_equal(again.embed_texts(TEXTS), tiny_encoder.embed_texts(TEXTS))
+
+
+@pytest.mark.parametrize("alias", ["random", "", "NONE"])
+def test_no_weights_aliases(alias: str, tiny_encoder: Encoder):
+    assert load_encoder(TINY[0], alias, device="cpu").fingerprint == tiny_encoder.fingerprint
+
+
+def test_same_weights_from_checkpoint_same_fingerprint(checkpoint: Path, tiny_encoder: Encoder):
+    enc = load_encoder(TINY[0], str(checkpoint), device="cpu")
+    assert enc.fingerprint == tiny_encoder.fingerprint
+    images = _images()[:3]
+    np.testing.assert_allclose(enc.embed_images(images), tiny_encoder.embed_images(images), atol=1e-6)
+
+
+def test_fingerprint_changes_with_weights(perturbed_checkpoint: Path, tiny_encoder: Encoder):
+    enc = load_encoder(TINY[0], str(perturbed_checkpoint), device="cpu")
+    assert enc.fingerprint.startswith(f"{TINY[0]}:")
+    assert enc.fingerprint != tiny_encoder.fingerprint
+    images = _images()[:3]
+    assert not np.allclose(enc.embed_images(images), tiny_encoder.embed_images(images), atol=1e-3)
+
+
+# --- parity with open_clip's own transform and tokenizer ---------------------------------
+
+
+def test_image_embeddings_match_open_clip(checkpoint: Path, reference):
+    import torch
+
+    model, preprocess_val, _ = reference
+    enc = load_encoder(TINY[0], str(checkpoint), device="cpu")
+    images = _images()
+    ours = enc.embed_images(images)
+    with torch.inference_mode():
+        x = torch.stack([preprocess_val(im) for im in images])
+        theirs = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1).numpy()
+    cos = _cosines(ours, theirs)
+    assert cos.min() >= 0.999, cos
+
+
+def test_split_preprocessing_matches_open_clip_tensor(checkpoint: Path, reference):
+    """The PIL half plus the tensor half reproduce open_clip's preprocess_val closely."""
+    import torch
+
+    _, preprocess_val, _ = reference
+    enc = load_encoder(TINY[0], str(checkpoint), device="cpu")
+    mean = torch.tensor(enc.preprocess.mean).view(3, 1, 1)
+    std = torch.tensor(enc.preprocess.std).view(3, 1, 1)
+    for im in _images():
+        ours = (torch.from_numpy(np.array(enc.prepare(im))).permute(2, 0, 1).float() / 255.0 - mean) / std
+        theirs = preprocess_val(im)
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_text_embeddings_match_open_clip(checkpoint: Path, reference):
+    import torch
+
+    model, _, tokenizer = reference
+    enc = load_encoder(TINY[0], str(checkpoint), device="cpu")
+    ours = enc.embed_texts(TEXTS)
+    with torch.inference_mode():
+        theirs = torch.nn.functional.normalize(model.encode_text(tokenizer(TEXTS)).float(), dim=-1).numpy()
+    cos = _cosines(ours, theirs)
+    assert cos.min() >= 0.999, cos
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelError) as info:
+        load_encoder("no-such-model-xyz", "none", device="cpu")
+    msg = str(info.value)
+    assert "unknown model" in msg and "no-such-model-xyz" in msg
+
+
+def test_unknown_model_name_suggests_close_match():
+    with pytest.raises(ModelError, match="did you mean.*pixlake-tiny"):
+        load_encoder("pixlake-tinny", "none", device="cpu")
+
+
+def test_unknown_pretrained_tag_for_real_model():
+    with pytest.raises(ModelError) as info:
+        load_encoder("ViT-B-32", "nope", device="cpu")
+    msg = str(info.value)
+    assert "'nope'" in msg and "ViT-B-32" in msg
+    assert "laion2b_s34b_b79k" in msg  # lists the known tags
+
+
+def test_missing_checkpoint_path(tmp_path: Path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(ModelError) as info:
+        load_encoder(TINY[0], str(missing), device="cpu")
+    assert "checkpoint not found" in str(info.value)
+    assert str(missing) in str(info.value)
+
+
+def test_corrupt_checkpoint_is_model_error(tmp_path: Path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a torch checkpoint")
+    with pytest.raises(ModelError) as info:
+        load_encoder(TINY[0], str(bad), device="cpu")
+    assert TINY[0] in str(info.value)
+
+
+def test_checkpoint_of_another_architecture_is_model_error(tmp_path: Path, checkpoint: Path):
+    import torch
+
+    sd = torch.load(checkpoint, weights_only=True)
+    sd["text_projection"] = torch.zeros(64, 16)  # wrong shape
+    path = tmp_path / "wrong_shape.pt"
+    torch.save(sd, path)
+    with pytest.raises(ModelError):
+        load_encoder(TINY[0], str(path), device="cpu")
