@@ -1,34 +1,26 @@
 """Embedding throughput: the full Ray Data job against a plain open_clip loop, side by side.
 
-What is measured, in one run on this machine (CPU only):
+* **plain loop** (baseline, run first): one process, open_clip used directly (not
+  ``load_encoder``); per batch: read bytes, PIL decode + ``convert("RGB")``, open_clip's
+  ``preprocess_val``, stack, ``encode_image`` under ``torch.inference_mode()``, normalise;
+  torch's default threads (all cores). Time = wall time over all images, model load excluded.
+* **Ray job** (run second): ``run_embed_job`` into a fresh milvus-lite db under ``--out``;
+  its report's ``seconds``/``images_per_s`` include Ray start-up, the driver's model load
+  + fingerprint, the actor's model load and the final writes. To show where time goes,
+  the job's subprocess wraps (in memory only) ``load_encoder``, ``init_ray``,
+  ``start_store_actor``, ``DecodeImages`` and ``EmbedImages`` with timestamp probes;
+  "steady" = images embedded after the first batch / time from its end to the last batch's end.
 
-* **plain loop** (baseline): one process, open_clip used directly (not pixlake's
-  ``load_encoder``): for each batch, read bytes, PIL decode + ``convert("RGB")``,
-  open_clip's ``preprocess_val``, stack, ``encode_image`` under ``torch.inference_mode()``,
-  L2-normalise. torch uses its default thread count (all cores). Time = wall time over
-  all images, model load excluded.
-* **Ray job**: ``pixlake.platform.pipeline.job.run_embed_job`` into a fresh milvus-lite
-  db under ``--out``. Its ``seconds``/``images_per_s`` come from the job report and
-  include Ray start-up, the driver's model load + fingerprint, the actor's model load and
-  the final writes. To show where that time goes, the child process wraps (monkeypatches,
-  in memory only) the job's ``load_encoder``, ``init_ray`` and ``EmbedImages`` actor
-  with timestamp probes; "steady" = images embedded after the first batch divided by
-  the time from the end of the first batch to the end of the last one.
+Each contender runs in its own subprocess; its peak memory is the peak summed RSS of that
+process and all its descendants (Ray GCS, raylet, workers), sampled every 0.2 s with psutil
+(shared pages such as the object store count once per process: an upper bound).
+Both load the same random weights from ``<out>/<model>-random.pt`` (made once by
+``create_model_and_transforms(model, pretrained=None)`` after ``torch.manual_seed(0)``);
+inputs are N distinct seeded 256x256 JPEGs (gradient + shapes + noise, quality 90) in
+``<out>/jpegs``. Nothing is asserted: the script prints, and writes JSON with ``--json``.
 
-Both run in their own subprocess (loop first, then job), and the peak memory of each
-is the peak of the summed RSS of that subprocess and all its descendants (Ray's GCS,
-raylet and workers), sampled every 0.2 s with psutil. RSS counts shared pages (e.g. the
-Ray object store, shared libraries) once per process, so the job figure is an upper bound.
-
-Both contenders use the same random-weight model: created once with
-``open_clip.create_model_and_transforms(model, pretrained=None)`` after
-``torch.manual_seed(0)`` and saved to ``<out>/<model>-random.pt`` (reused when present).
-Inputs are N distinct seeded 256x256 JPEGs (gradient + shapes + noise, quality 90) in
-``<out>/jpegs``. Nothing is asserted: the script prints (and optionally writes JSON).
-
-Run: ``make bench`` (= ``.venv/bin/python bench/embed_throughput.py``), or
-``.venv/bin/python bench/embed_throughput.py --quick`` for a ~1 minute smoke run with
-the bundled ``pixlake-tiny`` model on 64 images.
+Run: ``make bench`` (= ``.venv/bin/python bench/embed_throughput.py``: ViT-B-32, 2000
+images), or ``--quick`` for a ~1 minute smoke run (``pixlake-tiny``, 64 images).
 """
 
 from __future__ import annotations
@@ -131,7 +123,8 @@ def _event(path: str, name: str, t0: float, t1: float, n: int = 0) -> None:
 
 def role_job(args, jpegs: Path, ckpt: Path) -> dict:
     """Contender B: the full Ray Data job, with timestamp probes around its phases."""
-    os.environ.pop("RAY_ADDRESS", None)  # always a fresh local Ray in this subprocess
+    # A fresh local Ray in this subprocess: unset, ray.init() would join any `ray start` cluster here.
+    os.environ["RAY_ADDRESS"] = "local"
     from pixlake.platform.pipeline import job as J
     from pixlake.platform.settings import load_settings
 
@@ -149,27 +142,23 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
             return result
         return wrapper
 
-    class TimedEmbed(J.EmbedImages):  # defined in __main__: cloudpickle ships it by value
-        def __init__(self, *a, **kw):
-            t0 = time.time()
-            super().__init__(*a, **kw)
-            _event(events, "actor_init", t0, time.time())
+    def probed(base, name):
+        class Probed(base):  # defined in __main__, so cloudpickle ships it to Ray by value
+            def __init__(self, *a, **kw):
+                t0 = time.time()
+                super().__init__(*a, **kw)
+                _event(events, f"{name}_init", t0, time.time())
 
-        def __call__(self, batch):
-            t0 = time.time()
-            out = super().__call__(batch)
-            _event(events, "embed", t0, time.time(), batch.num_rows)
-            return out
-
-    class TimedDecode(J.DecodeImages):
-        def __call__(self, batch):
-            t0 = time.time()
-            out = super().__call__(batch)
-            _event(events, "decode", t0, time.time(), batch.num_rows)
-            return out
+            def __call__(self, batch):
+                t0 = time.time()
+                out = super().__call__(batch)
+                _event(events, name, t0, time.time(), batch.num_rows)
+                return out
+        return Probed
 
     J.load_encoder, J.init_ray = timed("driver_load", J.load_encoder), timed("ray_init", J.init_ray)
-    J.start_store_actor, J.EmbedImages, J.DecodeImages = timed("store_actor", J.start_store_actor), TimedEmbed, TimedDecode
+    J.start_store_actor = timed("store_actor", J.start_store_actor)
+    J.EmbedImages, J.DecodeImages = probed(J.EmbedImages, "embed"), probed(J.DecodeImages, "decode")
     settings = load_settings(overrides={"store": {"db": str(db), "collection": "bench"},
                                         "encoder": {"model": args.model, "pretrained": str(ckpt)},
                                         "job": {"batch_size": args.batch_size}})
@@ -179,7 +168,7 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
     ev = [json.loads(line) for line in open(events)]
     result = {"images": report.embedded, "rejected": report.rejected, "seconds": report.seconds,
               "images_per_s": report.images_per_s, "collection_count": report.collection_count, "timeline": {}}
-    for name in ("driver_load", "ray_init", "store_actor", "actor_init", "decode", "embed"):
+    for name in ("driver_load", "ray_init", "store_actor", "embed_init", "decode", "embed"):
         es = sorted((e for e in ev if e["name"] == name), key=lambda e: e["t1"])
         if es:  # first start / last end relative to the job's start, calls, summed busy seconds, processes
             result["timeline"][name] = {"from_s": es[0]["t0"] - start, "to_s": es[-1]["t1"] - start, "calls": len(es),
@@ -192,6 +181,15 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
         result["steady_images_per_s"] = sum(e["n"] for e in batches[1:]) / span
         result["actor_busy_fraction"] = sum(e["t1"] - e["t0"] for e in batches[1:]) / span
     return result
+
+
+def _rss(proc) -> int:
+    import psutil
+
+    try:
+        return proc.memory_info().rss
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
 
 
 def run_child(role: str, args) -> dict:
@@ -209,16 +207,9 @@ def run_child(role: str, args) -> dict:
         root = psutil.Process(child.pid)
         while child.poll() is None:
             try:
-                tree = [root] + root.children(recursive=True)
+                peak = max(peak, sum(_rss(p) for p in [root] + root.children(recursive=True)))
             except psutil.NoSuchProcess:
                 break
-            rss = 0
-            for p in tree:
-                try:
-                    rss += p.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            peak = max(peak, rss)
             time.sleep(0.2)
     if child.wait() != 0 or not result_path.is_file():
         tail = "".join(open(log_path).readlines()[-30:])

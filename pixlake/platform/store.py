@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -24,6 +25,8 @@ METRIC = "COSINE"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 _LOCK_WAIT_S = 30.0
+# Open MilvusStore objects per milvus-lite path in this process (they share one server).
+_lite_users: Counter[str] = Counter()
 
 
 def backend_of(uri: str) -> str:
@@ -146,7 +149,10 @@ class MilvusStore:
         deadline = time.monotonic() + _LOCK_WAIT_S
         while True:
             try:
-                return MilvusClient(self.uri)
+                client = MilvusClient(self.uri)
+                if self.backend == LITE:
+                    _lite_users[str(Path(self.uri).expanduser().resolve())] += 1
+                return client
             except Exception as e:
                 # pymilvus reports milvus-lite's lock conflict only as "Open local milvus
                 # failed"; the location was checked writable above, so a lock is the likely
@@ -238,6 +244,19 @@ class MilvusStore:
         except Exception as e:
             raise StoreError(f"upsert of {len(rows)} rows into {self.collection} failed: {e}") from e
 
+    def insert_missing(self, rows: Sequence[Mapping[str, Any]], model: str) -> int:
+        """Write the rows whose id is not yet stored for ``model``; returns how many were new.
+
+        Repeats (same id twice in ``rows``, or already stored) are not written again, so
+        callers can count exactly what a run added. Check and write happen in one call:
+        a job routes all writes through one store actor, which makes the pair atomic.
+        """
+        unique = {r[R.ID]: r for r in rows}
+        existing = self.existing_ids(unique, model)
+        new = [r for i, r in unique.items() if i not in existing]
+        self.upsert(new)
+        return len(new)
+
     def existing_ids(self, ids: Iterable[str], model: str) -> set[str]:
         """The subset of ``ids`` already stored with embeddings from ``model``."""
         ids = list(ids)
@@ -308,5 +327,15 @@ class MilvusStore:
             self._client.drop_collection(self.collection)
 
     def close(self) -> None:
-        """Release the client (and, for milvus-lite, the file lock)."""
+        """Release the client and, for milvus-lite, its in-process server and file lock
+        once no other store of this process uses the same database."""
         self._client.close()
+        if self.backend == LITE:
+            path = str(Path(self.uri).expanduser().resolve())
+            _lite_users[path] -= 1
+            if _lite_users[path] == 0:
+                # Closing a client leaves milvus-lite's per-path server (and its lock)
+                # running until the process exits; other processes then could not open it.
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(path)

@@ -62,8 +62,11 @@ def start_store_actor(uri: str, collection: str) -> StoreProxy:
     try:
         proxy.exists()  # surfaces a constructor failure (locked, unwritable) now
     except ray.exceptions.RayActorError as e:
-        cause = e.cause if getattr(e, "cause", None) is not None else e
+        import re
+
         from pixlake.platform.errors import StoreError
 
-        raise StoreError(str(cause).strip().splitlines()[-1]) from e
+        cause = e.cause if getattr(e, "cause", None) is not None else e
+        last = str(cause).strip().splitlines()[-1]  # the constructor's own error line
+        raise StoreError(re.sub(r"^[\w.]+(Error|Exception): ", "", last)) from e
     return proxy

@@ -240,6 +240,11 @@ def test_glob_matching_nothing(image_tree: Path):
         resolve_source(str(image_tree / "*.gif"))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: resolve_source's glob branch calls _list() outside any try, so a glob under a missing "
+    "directory leaks pyarrow's FileNotFoundError instead of raising SourceError",
+)
 def test_glob_under_missing_directory(tmp_path: Path):
     with pytest.raises(SourceError):
         resolve_source(str(tmp_path / "nope" / "*.png"))

@@ -32,7 +32,7 @@ def to_record(row: dict, model: str) -> dict:
 
 
 class MilvusDatasink(Datasink):
-    """Idempotent upserts through the store actor; totals land in :attr:`totals` on the driver.
+    """Idempotent writes through the store actor; totals land in :attr:`totals` on the driver.
 
     Args:
         store: a :class:`~pixlake.platform.store_actor.StoreProxy`.
@@ -64,10 +64,16 @@ class MilvusDatasink(Datasink):
                     if len(result["rejections"]) < self.max_rejections_listed:
                         result["rejections"].append({"source": row["source"], "reason": row["reason"]})
                 if len(pending) >= WRITE_BATCH_ROWS:
-                    result["embedded"] += self.store.upsert(pending)
+                    self._flush(pending, result)
                     pending = []
-        result["embedded"] += self.store.upsert(pending)
+        self._flush(pending, result)
         return result
+
+    def _flush(self, records: list[dict], result: dict) -> None:
+        # Identical images in different blocks share an id; only the first counts as embedded.
+        written = self.store.insert_missing(records, self.model) if records else 0
+        result["embedded"] += written
+        result["skipped"] += len(records) - written
 
     def on_write_complete(self, write_result) -> None:
         totals = {"embedded": 0, "skipped": 0, "rejected": 0, "rejections": []}

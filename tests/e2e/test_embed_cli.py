@@ -1,0 +1,158 @@
+"""The job as users start it: a separate process, `python -m pixlake.jobs.embed` /
+`pixlake ...`, killed midway and re-run, and submitted to a running Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pixlake.platform.store import MilvusStore
+from tests.conftest import TINY
+
+BIN = Path(sys.executable).parent
+TINY_FLAGS = ["--model", TINY[0], "--pretrained", TINY[1]]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/no/such/folder", "--db", "{tmp}/p.db", *TINY_FLAGS], "source not found"),
+        (["{corpus}", "--db", "{tmp}/p.db", "--model", "no-such-model", "--pretrained", "none"], "unknown model"),
+        (["{corpus}", "--db", "{file}/under-a-file.db", *TINY_FLAGS], "cannot create the directory"),
+        (["{corpus}", "--db", "{tmp}/not-a-db.txt", *TINY_FLAGS], "expected a milvus-lite path"),
+        (["{corpus}", "--db", "{tmp}/p.db", "--model", "ViT-B-32", "--pretrained", "{tmp}/missing.pt"], "checkpoint not found"),
+    ],
+)
+def test_bad_invocations_fail_with_one_line_and_nonzero_exit(args, message, corpus_dir, tmp_path):
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    proc = _run(str(BIN / "pixlake"), "embed", *[a.format(corpus=corpus_dir, file=a_file, tmp=tmp_path) for a in args])
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("pixlake: error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_embed_then_search_and_encode(corpus_dir, tmp_path):
+    db = str(tmp_path / "p.db")
+    report = tmp_path / "r.json"
+    proc = _run(str(BIN / "pixlake"), "embed", str(corpus_dir), "--db", db, *TINY_FLAGS, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "embedded    48" in proc.stdout
+    assert json.loads(report.read_text())["embedded"] == 48
+
+    query = sorted(corpus_dir.glob("*.png"))[7]
+    proc = _run(str(BIN / "pixlake"), "search", "--db", db, *TINY_FLAGS, "--image", str(query), "-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    assert [set(h) for h in hits] == [{"id", "source", "score", "meta"}] * 3
+    assert hits[0]["source"] == str(query)
+
+    proc = _run(str(BIN / "pixlake"), "search", "--db", db, *TINY_FLAGS, "--text", "a red circle", "--json", "-k", "2")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 2
+
+    proc = _run(str(BIN / "pixlake"), "search", "--db", db, "--model", "pixlake-tiny", "--pretrained", str(tmp_path / "nope.pt"), "--text", "x")
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+
+    proc = _run(str(BIN / "pixlake"), "encode", *TINY_FLAGS, "--text", "a red circle")
+    vector = json.loads(proc.stdout)
+    assert len(vector) == 32 and abs(sum(x * x for x in vector) - 1) < 1e-4
+
+
+def _wal_bytes(db: Path) -> int:
+    # Progress probe for the test only: milvus-lite appends upserts to these files, and
+    # the database cannot be opened while the job holds its lock.
+    return sum(p.stat().st_size for p in db.glob("collections/*/wal/*") if p.is_file())
+
+
+def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
+    from pixlake.platform.synthetic import write_corpus
+
+    corpus = tmp_path / "big"
+    n = len({p.read_bytes() for p in write_corpus(corpus, 1500, seed=11)})  # distinct images
+    db = tmp_path / "p.db"
+    args = [sys.executable, "-m", "pixlake.jobs.embed", str(corpus), "--db", str(db), *TINY_FLAGS, "--batch-size", "8"]
+    job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        baseline = None
+        while time.monotonic() < deadline and job.poll() is None:
+            size = _wal_bytes(db)
+            baseline = size if baseline is None and size else baseline
+            if baseline is not None and size > baseline + 20_000:  # some batches are in
+                break
+            time.sleep(0.05)
+        assert job.poll() is None, "the job finished before it could be killed; make the corpus larger"
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    finally:
+        if job.poll() is None:
+            job.kill()
+
+    store = MilvusStore(str(db), "images")  # waits for the dead job's store process to let go
+    try:
+        partial = store.count()
+    finally:
+        store.close()
+    assert 0 < partial < n
+
+    rerun = _run(*args, "--json")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = json.loads(rerun.stdout)
+    assert report["collection_count"] == n  # nothing lost, nothing duplicated
+    assert report["embedded"] == n - partial  # only what the killed run had not written
+    assert report["skipped"] == 1500 - report["embedded"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
+    port, dash = _free_port(), _free_port()
+    env = _env()
+    # Ray 2.60 clusters use token auth (token in ~/.ray/auth_token); the job CLI sends it
+    # only when told to.
+    env["RAY_AUTH_MODE"] = "token"
+    start = subprocess.run(
+        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert start.returncode == 0, start.stderr
+    try:
+        db = tmp_path / "p.db"
+        submit = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+             sys.executable, "-m", "pixlake.jobs.embed", str(corpus_dir), "--db", str(db), *TINY_FLAGS, "--json"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert "succeeded" in submit.stdout.lower()
+        store = MilvusStore(str(db), "images")
+        try:
+            assert store.count() == 48
+        finally:
+            store.close()
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120, env=env)
