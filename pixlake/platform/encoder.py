@@ -169,7 +169,7 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+            x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device)  # copies only if read-only
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
             x = ((x - self._mean) / self._std).to(self.dtype)
             return _normalise(self.model.encode_image(x))

@@ -10,7 +10,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +28,8 @@ _yaml_file: ContextVar[Optional[Path]] = ContextVar("pixlake_yaml_file", default
 
 class StoreSettings(BaseModel):
     """Where embeddings are stored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     db: str = Field(
         "./pixlake.db",
@@ -47,6 +49,8 @@ class StoreSettings(BaseModel):
 class EncoderSettings(BaseModel):
     """Which open_clip model embeds images and texts."""
 
+    model_config = ConfigDict(extra="forbid")
+
     model: str = Field("ViT-B-32", description="open_clip model config name (see `open_clip.list_models()`)")
     pretrained: str = Field(
         "laion2b_s34b_b79k",
@@ -57,6 +61,8 @@ class EncoderSettings(BaseModel):
 
 class JobSettings(BaseModel):
     """Knobs of the bulk embedding job."""
+
+    model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(64, ge=1, le=4096, description="images per encoder batch")
     concurrency: Optional[int] = Field(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from pixlake.platform import records as R
-from pixlake.platform.errors import ConfigError, StoreError
+from pixlake.platform.errors import ConfigError, PixlakeError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def backend_of(uri: str) -> str:
     """
     if uri.startswith(_SERVER_SCHEMES):
         return SERVER
-    if uri.endswith(".db"):
+    if uri.endswith(".db") and "://" not in uri:
         return LITE
     raise ConfigError(f"--db {uri!r}: expected a milvus-lite path ending in .db or a server URI like http://host:19530")
 
@@ -85,13 +85,19 @@ def choose_index(backend: str) -> IndexChoice:
     return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan yet; IVF_PQ needs planned parameters")
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
+
+
 def _literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # double-quoted, backslash-escaped: what Milvus expressions take
+        # Milvus string literals know only these escapes (no \uXXXX): everything else,
+        # non-ASCII included, goes in verbatim.
+        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
+
     raise ConfigError(f"filter value {value!r}: expected a string, number or boolean")
 
 
@@ -116,10 +122,30 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
             raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")
         field = f'{R.META}["{key}"]'
         if isinstance(value, (list, tuple)):
-            parts.append(f"{field} in [{', '.join(_literal(v) for v in value)}]")
+            # milvus-lite takes `in` only on plain fields; an OR-chain works on JSON keys
+            # everywhere, and the brackets keep it from widening the surrounding `and`.
+            if not value:
+                raise ConfigError(f"filter key {key!r}: empty list matches nothing")
+            parts.append("(" + " or ".join(f"{field} == {_literal(v)}" for v in value) + ")")
         else:
             parts.append(f"{field} == {_literal(value)}")
     return " and ".join(parts)
+
+
+def _store_errors(method):
+    """Surface Milvus client failures as :class:`StoreError` naming the operation."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except PixlakeError:
+            raise
+        except Exception as e:
+            raise StoreError(f"{method.__name__} on {self.collection} in {self.uri} failed: {e}") from e
+
+    return wrapper
 
 
 class MilvusStore:
@@ -139,6 +165,7 @@ class MilvusStore:
         self.backend = backend_of(uri)
         self.index = choose_index(self.backend)
         self._client = self._connect()
+        self._closed = False
         if self._client.has_collection(collection):
             self._client.load_collection(collection)
 
@@ -169,6 +196,7 @@ class MilvusStore:
         """Whether the collection exists."""
         return self._client.has_collection(self.collection)
 
+    @_store_errors
     def ensure_collection(self, dim: int, model: str) -> IndexChoice:
         """Create the collection for ``model`` embeddings of ``dim``, or check the existing one matches.
 
@@ -215,6 +243,7 @@ class MilvusStore:
                 "use another --collection for a new encoder"
             )
 
+    @_store_errors
     def model(self) -> Optional[str]:
         """Encoder fingerprint of the collection's rows, or None when it is empty or missing."""
         if not self.exists():
@@ -235,15 +264,14 @@ class MilvusStore:
 
     # --- rows ---------------------------------------------------------------------------
 
+    @_store_errors
     def upsert(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert or replace rows by id (idempotent); returns how many were written."""
         if not rows:
             return 0
-        try:
-            return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
-        except Exception as e:
-            raise StoreError(f"upsert of {len(rows)} rows into {self.collection} failed: {e}") from e
+        return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
 
+    @_store_errors
     def insert_missing(self, rows: Sequence[Mapping[str, Any]], model: str) -> int:
         """Write the rows whose id is not yet stored for ``model``; returns how many were new.
 
@@ -257,6 +285,7 @@ class MilvusStore:
         self.upsert(new)
         return len(new)
 
+    @_store_errors
     def existing_ids(self, ids: Iterable[str], model: str) -> set[str]:
         """The subset of ``ids`` already stored with embeddings from ``model``."""
         ids = list(ids)
@@ -266,6 +295,7 @@ class MilvusStore:
         rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID])
         return {r[R.ID] for r in rows}
 
+    @_store_errors
     def search(
         self,
         vectors: Sequence[Sequence[float]],
@@ -297,6 +327,7 @@ class MilvusStore:
         )
         return [[{"id": h["id"], "score": float(h["distance"]), **h["entity"]} for h in hits] for hits in res]
 
+    @_store_errors
     def count(self, filter: str = "") -> int:
         """Rows matching ``filter`` (all rows when empty), read with Strong consistency."""
         if not self.exists():
@@ -306,6 +337,7 @@ class MilvusStore:
         )
         return int(res[0]["count(*)"])
 
+    @_store_errors
     def delete(self, ids: Optional[Sequence[str]] = None, filter: Optional[str] = None) -> int:
         """Delete rows by ids or by filter (exactly one of them); returns the count deleted."""
         if (ids is None) == (filter is None):
@@ -321,6 +353,7 @@ class MilvusStore:
             self._client.delete(self.collection, filter=filter)
         return before - self.count()
 
+    @_store_errors
     def drop(self) -> None:
         """Drop the collection (tests and re-creation)."""
         if self.exists():
@@ -328,7 +361,10 @@ class MilvusStore:
 
     def close(self) -> None:
         """Release the client and, for milvus-lite, its in-process server and file lock
-        once no other store of this process uses the same database."""
+        once no other store of this process uses the same database. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._client.close()
         if self.backend == LITE:
             path = str(Path(self.uri).expanduser().resolve())

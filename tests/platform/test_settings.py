@@ -239,11 +239,6 @@ def test_unknown_decode_yaml_key_rejected(tmp_path: Path):
     assert "job.decode.max_byte" in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: StoreSettings/EncoderSettings/JobSettings are plain BaseModels with pydantic's default "
-    "extra='ignore', so a typo inside a section (job.batchsize, store.dbb) is silently dropped",
-)
 @pytest.mark.parametrize(
     "text, key",
     [

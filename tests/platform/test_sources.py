@@ -108,11 +108,6 @@ def test_glob_over_subdirectories(image_tree: Path):
     assert r.files == [str(image_tree / "sub" / "deeper" / "d.webp")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source matches globs with fnmatch on whole paths, so '*' also matches '/': "
-    "'dir/*.png' picks up dir/sub/c.png too (shell/glob semantics keep '*' inside one path segment)",
-)
 def test_star_does_not_cross_directories(image_tree: Path):
     r = resolve_source(str(image_tree / "*.png"))
     assert r.files == [str(image_tree / "a.png")]
@@ -159,11 +154,6 @@ def test_directory_of_parquet_files(tmp_path: Path):
     assert r.files == sorted([str(d / "p0.parquet"), str(d / "part=1" / "p1.PARQUET")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source lists every file, so a Spark/Hadoop Parquet dataset (with _SUCCESS and "
-    ".crc side files, which pyarrow datasets ignore) is rejected as 'holds no images, Parquet files or .tar shards'",
-)
 def test_parquet_dataset_with_spark_side_files(tmp_path: Path):
     d = tmp_path / "spark"
     d.mkdir()
@@ -192,11 +182,6 @@ def test_directory_of_tar_shards_and_glob(tmp_path: Path):
     assert r.files == [str(d / "shard-000.tar"), str(d / "shard-001.tar")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source's docstring promises SourceError for a source that mixes kinds, but a "
-    "folder of images plus a Parquet manifest silently resolves to the images and drops the Parquet file",
-)
 def test_mixed_kinds_rejected(tmp_path: Path):
     d = tmp_path / "mixed"
     d.mkdir()
@@ -240,11 +225,6 @@ def test_glob_matching_nothing(image_tree: Path):
         resolve_source(str(image_tree / "*.gif"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_source's glob branch calls _list() outside any try, so a glob under a missing "
-    "directory leaks pyarrow's FileNotFoundError instead of raising SourceError",
-)
 def test_glob_under_missing_directory(tmp_path: Path):
     with pytest.raises(SourceError):
         resolve_source(str(tmp_path / "nope" / "*.png"))

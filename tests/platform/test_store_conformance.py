@@ -74,9 +74,14 @@ class LiteBackend(Backend):
 BACKENDS: dict[str, Callable[[Path], Backend]] = {"milvus-lite": LiteBackend}
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request, tmp_path: Path):
-    b = BACKENDS[request.param](tmp_path)
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def backend_cls(request) -> Callable[[Path], Backend]:
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def backend(backend_cls, tmp_path: Path):
+    b = backend_cls(tmp_path)
     yield b
     b.cleanup()
 
@@ -158,6 +163,22 @@ def populated(store: MilvusStore):
     return store, t1, t2
 
 
+@pytest.fixture(scope="module")
+def shared(backend_cls, tmp_path_factory):
+    """Like ``populated`` but built once per backend, for tests that only read."""
+    b = backend_cls(tmp_path_factory.mktemp("shared"))
+    s = b.open()
+    try:
+        s.ensure_collection(DIM, MODEL)
+        t1 = make_rows(24, seed=1, tenant="t1")
+        t2 = make_rows(12, seed=2, tenant="t2")
+        s.upsert(t1 + t2)
+        yield s, t1, t2
+    finally:
+        s.close()
+        b.cleanup()
+
+
 # --- the suite ---------------------------------------------------------------------------
 
 
@@ -189,15 +210,15 @@ class TestStoreConformance:
         assert store.ensure_collection(DIM, MODEL).index_type == store.index.index_type
         assert store.count() == 3
 
-    def test_describe_reports_rows_and_model(self, populated):
-        store, t1, t2 = populated
+    def test_describe_reports_rows_and_model(self, shared):
+        store, t1, t2 = shared
         d = store.describe()
         assert d["rows"] == len(t1) + len(t2)
         assert d["model"] == MODEL
         assert d["collection"] == store.collection
 
-    def test_other_dim_rejected(self, populated):
-        store, _, _ = populated
+    def test_other_dim_rejected(self, shared):
+        store, _, _ = shared
         with pytest.raises(StoreError, match=f"{DIM}-d"):
             store.ensure_collection(DIM * 2, MODEL)
 
@@ -205,8 +226,8 @@ class TestStoreConformance:
         with pytest.raises(StoreError):
             store.ensure_collection(DIM + 1, MODEL)
 
-    def test_other_model_rejected(self, populated):
-        store, _, _ = populated
+    def test_other_model_rejected(self, shared):
+        store, _, _ = shared
         with pytest.raises(StoreError) as info:
             store.ensure_collection(DIM, OTHER_MODEL)
         assert MODEL in str(info.value) and OTHER_MODEL in str(info.value)
@@ -256,8 +277,8 @@ class TestStoreConformance:
 
     # search -------------------------------------------------------------------------------
 
-    def test_search_finds_itself_first(self, populated):
-        store, t1, t2 = populated
+    def test_search_finds_itself_first(self, shared):
+        store, t1, t2 = shared
         rows = t1[:3] + t2[:2]
         results = store.search([r[R.VECTOR] for r in rows], k=5)
         assert len(results) == len(rows)
@@ -269,15 +290,15 @@ class TestStoreConformance:
             assert scores == sorted(scores, reverse=True)
             assert len(set(ids_of(hits))) == 5
 
-    def test_search_output_fields(self, populated):
-        store, t1, _ = populated
+    def test_search_output_fields(self, shared):
+        store, t1, _ = shared
         (hits,) = store.search([t1[0][R.VECTOR]], k=1, output_fields=list(R.SCALAR_FIELDS))
         hit = hits[0]
         for f in R.SCALAR_FIELDS:
             assert hit[f] == t1[0][f], f
 
-    def test_search_default_output_fields(self, populated):
-        store, t1, _ = populated
+    def test_search_default_output_fields(self, shared):
+        store, t1, _ = shared
         (hits,) = store.search([t1[0][R.VECTOR]], k=1)
         assert set(hits[0]) == {"id", "score", R.SOURCE, R.META}
         assert hits[0][R.META] == t1[0][R.META]
@@ -290,8 +311,8 @@ class TestStoreConformance:
 
     # filters ------------------------------------------------------------------------------
 
-    def test_tenant_filter_confines_search(self, populated):
-        store, t1, t2 = populated
+    def test_tenant_filter_confines_search(self, shared):
+        store, t1, t2 = shared
         f = build_filter(tenant="t2")
         # query with a t1 vector: without the filter it finds the t1 row first
         (hits,) = store.search([t1[0][R.VECTOR]], k=100, filter=f, output_fields=[R.TENANT])
@@ -299,20 +320,20 @@ class TestStoreConformance:
         assert sorted(ids_of(hits)) == sorted(r[R.ID] for r in t2)
         assert t1[0][R.ID] not in ids_of(hits)
 
-    def test_tenant_filter_count(self, populated):
-        store, t1, t2 = populated
+    def test_tenant_filter_count(self, shared):
+        store, t1, t2 = shared
         assert store.count(build_filter(tenant="t1")) == len(t1)
         assert store.count(build_filter(tenant="t2")) == len(t2)
         assert store.count(build_filter(tenant="t3")) == 0
 
-    def test_count_with_and_without_filter(self, populated):
-        store, t1, t2 = populated
+    def test_count_with_and_without_filter(self, shared):
+        store, t1, t2 = shared
         assert store.count() == len(t1) + len(t2)
         assert store.count("") == len(t1) + len(t2)
         assert store.count(f'{R.SOURCE} == "/data/t1/0003.png"') == 1
 
-    def test_meta_equality(self, populated):
-        store, t1, t2 = populated
+    def test_meta_equality(self, shared):
+        store, t1, t2 = shared
         red_t1 = [r[R.ID] for r in t1 if r[R.META]["colour"] == "red"]
         f = build_filter(tenant="t1", meta={"colour": "red"})
         assert store.count(f) == len(red_t1)
@@ -320,21 +341,16 @@ class TestStoreConformance:
         assert sorted(ids_of(hits)) == sorted(red_t1)
         assert all(h[R.META]["colour"] == "red" and h[R.TENANT] == "t1" for h in hits)
 
-    def test_meta_number_and_bool(self, populated):
-        store, t1, t2 = populated
+    def test_meta_number_and_bool(self, shared):
+        store, t1, t2 = shared
         assert store.count(build_filter(meta={"n": 3})) == 2  # row 3 of each tenant
         assert store.count(build_filter(tenant="t2", meta={"n": 3})) == 1
         evens = sum(1 for r in t1 + t2 if r[R.META]["even"])
         assert store.count(build_filter(meta={"even": True})) == evens
         assert store.count(build_filter(meta={"even": False})) == len(t1) + len(t2) - evens
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: build_filter emits `meta[\"k\"] in [...]` for list values, which milvus-lite rejects "
-        "(\"left side of 'in' must be a field reference\"); the raw MilvusException escapes",
-    )
-    def test_meta_membership(self, populated):
-        store, t1, t2 = populated
+    def test_meta_membership(self, shared):
+        store, t1, t2 = shared
         want = [r[R.ID] for r in t1 if r[R.META]["colour"] in ("red", "blue")]
         f = build_filter(tenant="t1", meta={"colour": ["red", "blue"]})
         assert store.count(f) == len(want)
@@ -344,8 +360,8 @@ class TestStoreConformance:
         assert store.count(build_filter(meta={"colour": ["mauve"]})) == 0
         assert store.count(build_filter(meta={"colour": ['red" or tenant != "', "\\", '"']})) == 0
 
-    def test_meta_missing_key_matches_nothing(self, populated):
-        store, _, _ = populated
+    def test_meta_missing_key_matches_nothing(self, shared):
+        store, _, _ = shared
         assert store.count(build_filter(meta={"no_such_key": "x"})) == 0
 
     @pytest.mark.parametrize(
@@ -361,8 +377,8 @@ class TestStoreConformance:
             't1") or (1 == 1',
         ],
     )
-    def test_injection_is_a_literal(self, populated, value: str):
-        store, t1, t2 = populated
+    def test_injection_is_a_literal(self, shared, value: str):
+        store, t1, t2 = shared
         for f in (build_filter(tenant=value), build_filter(meta={"colour": value}), build_filter(tenant="t1", meta={"colour": value})):
             assert store.count(f) == 0
             (hits,) = store.search([t1[0][R.VECTOR]], k=100, filter=f)
@@ -382,12 +398,6 @@ class TestStoreConformance:
         assert ids_of(hits) == [odd[0][R.ID]]
         assert hits[0][R.TENANT] == value
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: store._literal uses json.dumps with ensure_ascii=True, so non-ASCII filter values become "
-        "\\uXXXX escapes that the Milvus expression parser rejects ('unknown escape sequence \\u'), "
-        "and the raw MilvusException escapes instead of a StoreError",
-    )
     @pytest.mark.parametrize("value", ["café", "日本", "smile😀"])
     def test_non_ascii_filter_values(self, store: MilvusStore, value: str):
         rows = make_rows(1, tenant=value)
@@ -461,12 +471,6 @@ class TestStoreConformance:
 
     # close --------------------------------------------------------------------------------
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: MilvusStore.close() is not idempotent: a second close drives the per-path _lite_users "
-        "counter below zero, so the next store's close never reaches 0 and never releases the milvus-lite "
-        "server, leaving the file locked for other processes until this one exits",
-    )
     def test_close_twice_then_reopen_releases(self, backend: Backend):
         s = backend.open()
         s.ensure_collection(DIM, MODEL)
@@ -523,9 +527,11 @@ class TestStoreConformance:
             from pixlake.platform.store import MilvusStore
             s = MilvusStore({s.uri!r}, {s.collection!r})
             try:
-                s.ensure_collection({DIM}, {MODEL!r})
+                # search first: only the constructor's load_collection makes this work
                 hits = s.search([json.loads(sys.argv[1])], k=3, output_fields=["source"])[0]
-                print(json.dumps({{"count": s.count(), "model": s.model(), "hits": hits,
+                count = s.count()
+                s.ensure_collection({DIM}, {MODEL!r})  # the reopened collection still matches
+                print(json.dumps({{"count": count, "model": s.model(), "hits": hits,
                                    "index": s.describe()["index_type"]}}))
             finally:
                 s.close()
@@ -584,11 +590,6 @@ def test_store_on_bad_path_is_config_error(tmp_path: Path):
         MilvusStore(str(tmp_path / "s.sqlite"), "images")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: backend_of classifies any URI ending in .db as a milvus-lite path, so --db s3://bucket/x.db "
-    "is taken as a local file and check_db_location creates a directory literally named 's3:' in the cwd",
-)
 def test_unknown_scheme_is_not_a_lite_path():
     with pytest.raises(ConfigError):
         backend_of("s3://bucket/x.db")

@@ -24,16 +24,19 @@ class EmbedImages:
         fingerprint: the driver's fingerprint; an actor that loads other weights refuses to run.
         threads: torch CPU threads (Ray gives actors one thread by default, which would
             leave the other cores of a CPU-only node idle).
+        device: torch device; default CUDA (fp16) when the actor has a GPU, else CPU.
     """
 
-    def __init__(self, model: str, pretrained: Optional[str], fingerprint: str, threads: Optional[int] = None):
+    def __init__(
+        self, model: str, pretrained: Optional[str], fingerprint: str, threads: Optional[int] = None, device: Optional[str] = None
+    ):
         import torch
 
         from pixlake.platform.encoder import load_encoder
 
         if not torch.cuda.is_available():
             torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.encoder = load_encoder(model, pretrained)
+        self.encoder = load_encoder(model, pretrained, device=device)
         if self.encoder.fingerprint != fingerprint:
             raise ModelError(f"actor loaded {self.encoder.fingerprint}, the job expects {fingerprint}")
         size = self.encoder.preprocess.size

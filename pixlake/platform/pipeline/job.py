@@ -78,6 +78,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                     "pretrained": settings.encoder.pretrained,
                     "fingerprint": fingerprint,
                     "threads": max(1, cpus // actors),
+                    "device": settings.encoder.device,
                 },
                 batch_size=settings.job.batch_size,
                 batch_format="pyarrow",

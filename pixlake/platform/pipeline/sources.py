@@ -82,18 +82,38 @@ def _list(fs, base: str) -> list[str]:
     import pyarrow.fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+    # Hidden and underscore files are bookkeeping (Spark's _SUCCESS, .crc), as for pyarrow.
+    return sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and not posixpath.basename(i.path).startswith(("_", "."))
+    )
+
+
+def glob_match(path: str, pattern: str) -> bool:
+    """Shell-style match segment by segment: ``*`` stays within a directory, ``**`` spans any number."""
+
+    def match(parts: list[str], pats: list[str]) -> bool:
+        if not pats:
+            return not parts
+        if pats[0] == "**":
+            return any(match(parts[i:], pats[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], pats[0]) and match(parts[1:], pats[1:])
+
+    return match(path.strip("/").split("/"), pattern.strip("/").split("/"))
 
 
 def _kind_of(files: list[str], source: str) -> str:
     lower = [f.lower() for f in files]
-    if lower and all(f.endswith(".parquet") for f in lower):
-        return "parquet"
-    if lower and all(f.endswith(".tar") for f in lower):
-        return "webdataset"
-    if any(f.endswith(IMAGE_EXTENSIONS) for f in lower):
-        return "images"
-    raise SourceError(f"source {source} holds no images, Parquet files or .tar shards")
+    kinds = {
+        "parquet": sum(f.endswith(".parquet") for f in lower),
+        "webdataset": sum(f.endswith(".tar") for f in lower),
+        "images": sum(f.endswith(IMAGE_EXTENSIONS) for f in lower),
+    }
+    present = [k for k, n in kinds.items() if n]
+    if not present:
+        raise SourceError(f"source {source} holds no images, Parquet files or .tar shards")
+    if len(present) > 1:
+        raise SourceError(f"source {source} mixes {' and '.join(present)} files; point at one kind")
+    return present[0]
 
 
 def resolve_source(source: str) -> ResolvedSource:
@@ -107,7 +127,10 @@ def resolve_source(source: str) -> ResolvedSource:
     fs, path, prefix = _filesystem(source)
     if any(c in path for c in _GLOB_CHARS):
         base = _glob_base(path)
-        files = [f for f in _list(fs, base.rstrip("/") or "/") if fnmatch.fnmatch(f, path)]
+        try:
+            files = [f for f in _list(fs, base.rstrip("/") or "/") if glob_match(f, path)]
+        except OSError as e:
+            raise SourceError(f"cannot list {base} for source pattern {source}: {e}") from e
         if not files:
             raise SourceError(f"source pattern {source} matches no files")
     else:
