@@ -59,7 +59,15 @@ class PreprocessSpec:
     fill_color: int
 
     def pil_transform(self) -> Callable[[Any], np.ndarray]:
-        """Return the PIL half of open_clip's eval transform: PIL RGB image → uint8 HWC array."""
+        """Return the PIL half of open_clip's eval transform: PIL RGB image → uint8 HWC array.
+
+        The common case (square input, shortest-side resize, bicubic or bilinear) is done
+        in plain PIL, pixel for pixel what torchvision does, so decode workers need not
+        import torch; other modes use open_clip's own transforms.
+        """
+        side = self.size if isinstance(self.size, int) else (self.size[0] if self.size[0] == self.size[1] else None)
+        if side is not None and self.resize_mode == "shortest" and self.interpolation in ("bicubic", "bilinear"):
+            return _ShortestSideCrop(side, self.interpolation)
         from open_clip.transform import PreprocessCfg, image_transform_v2
         from torchvision.transforms import ToTensor
 
@@ -76,6 +84,51 @@ class PreprocessSpec:
             return np.asarray(image, dtype=np.uint8)
 
         return apply
+
+
+class _ShortestSideCrop:
+    """torchvision's ``Resize(side)`` + ``CenterCrop(side)`` on PIL images, without torch."""
+
+    def __init__(self, side: int, interpolation: str):
+        from PIL import Image
+
+        self.side = side
+        self.resample = Image.Resampling.BICUBIC if interpolation == "bicubic" else Image.Resampling.BILINEAR
+
+    def __call__(self, image: Any) -> np.ndarray:
+        side, (w, h) = self.side, image.size
+        # Same arithmetic as torchvision's _compute_resized_output_size and center_crop.
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(side * long / short)
+        new_w, new_h = (side, new_long) if w <= h else (new_long, side)
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), self.resample)
+        top, left = int(round((new_h - side) / 2.0)), int(round((new_w - side) / 2.0))
+        return np.asarray(image.crop((left, top, left + side, top + side)).convert("RGB"), dtype=np.uint8)
+
+
+def check_encoder(model_name: str, pretrained: Optional[str]) -> None:
+    """Validate a model name and weights spec without loading anything heavy.
+
+    Raises:
+        ModelError: unknown model or tag, or missing checkpoint.
+    """
+    _config(model_name)
+    _resolve_weights(model_name, pretrained)
+
+
+def _config(model_name: str) -> dict:
+    import open_clip
+
+    register_bundled_configs()
+    config = open_clip.get_model_config(model_name)
+    if config is None:
+        import difflib
+
+        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.4)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ModelError(f"unknown model {model_name!r}{hint}; open_clip.list_models() lists all")
+    return config
 
 
 def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str]:
@@ -216,14 +269,7 @@ def load_encoder(model_name: str, pretrained: Optional[str], device: Optional[st
     import open_clip
     import torch
 
-    register_bundled_configs()
-    config = open_clip.get_model_config(model_name)
-    if config is None:
-        import difflib
-
-        close = difflib.get_close_matches(model_name, open_clip.list_models(), n=5, cutoff=0.4)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ModelError(f"unknown model {model_name!r}{hint}; open_clip.list_models() lists all")
+    config = _config(model_name)
     weights = _resolve_weights(model_name, pretrained)
     device = device or default_device()
     try:

@@ -155,4 +155,25 @@ def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
         finally:
             store.close()
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        _stop_cluster(port)
+
+
+def _stop_cluster(gcs_port: int) -> None:
+    """Stop only the cluster this test started (``ray stop`` would end every Ray on the machine)."""
+    import psutil
+
+    mine = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if f":{gcs_port} " in cmdline + " " or f"--gcs_server_port={gcs_port}" in cmdline:
+            mine.append(proc)
+    mine += [child for proc in mine for child in proc.children(recursive=True)]  # agents, workers
+    for proc in mine:
+        proc.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=20)
+    for proc in alive:
+        proc.kill()
+    # As `ray stop` does: a later ray.init() must not try to join the stopped cluster.
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+        current.unlink()

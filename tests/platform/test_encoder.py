@@ -269,3 +269,26 @@ def test_checkpoint_of_another_architecture_is_model_error(tmp_path: Path, check
     torch.save(sd, path)
     with pytest.raises(ModelError):
         load_encoder(TINY[0], str(path), device="cpu")
+
+
+@pytest.mark.parametrize("size", [(97, 61), (40, 160), (32, 32), (1, 1), (33, 32), (500, 81), (3, 1000)])
+def test_torch_free_pil_half_matches_open_clip_pixel_for_pixel(tiny_encoder, size):
+    """Decode workers use a plain-PIL resize+crop; it must equal open_clip's own transforms."""
+    from dataclasses import asdict
+
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+    from torchvision.transforms import ToTensor
+
+    from pixlake.platform.encoder import _ShortestSideCrop
+
+    fast = tiny_encoder.preprocess.pil_transform()
+    assert isinstance(fast, _ShortestSideCrop)
+    full = image_transform_v2(PreprocessCfg(mode="RGB", **asdict(tiny_encoder.preprocess)), is_train=False)
+    image = Image.fromarray((np.random.default_rng(sum(size)).random((size[1], size[0], 3)) * 255).astype("uint8"))
+    reference = image
+    for step in full.transforms:
+        if isinstance(step, ToTensor):
+            break
+        reference = step(reference)
+    assert np.array_equal(fast(image), np.asarray(reference))

@@ -9,9 +9,10 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from pixlake.platform.encoder import load_encoder
+from pixlake.platform.encoder import check_encoder, load_encoder
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.load import LoadItems
@@ -24,10 +25,12 @@ from pixlake.platform.store import backend_of, check_db_location
 from pixlake.platform.store_actor import start_store_actor
 
 log = logging.getLogger(__name__)
+STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
 
 
 def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``), else start a local one."""
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or one started
+    with ``ray start`` on this machine; else start a local one."""
     import ray
 
     if not ray.is_initialized():
@@ -56,21 +59,30 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
     # flag fails in seconds, and the driver needs the fingerprint and preprocessing anyway.
     check_db_location(settings.store.db)
     resolved = resolve_source(source)
-    encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained, device="cpu")
+    check_encoder(settings.encoder.model, settings.encoder.pretrained)
+    # Loading the model (seconds) overlaps starting Ray and the store actor (seconds).
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
+        init_ray()
+        store = start_store_actor(settings.store.db, settings.store.collection)
+        try:
+            encoder = loading.result()
+        except BaseException:
+            store.shutdown()
+            raise
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
-    del encoder
-    init_ray()
+    del encoder, loading  # the driver needs only these; the actors load their own copy
     dataset = read_items(resolved)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     actors = settings.job.concurrency or max(gpus, 1)
-    store = start_store_actor(settings.store.db, settings.store.collection)
     try:
         index = store.ensure_collection(dim, fingerprint)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pipeline = (
-            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes), batch_format="pyarrow", batch_size=None)
-            .map_batches(SkipExisting(store, fingerprint), batch_format="pyarrow", batch_size=None)
-            .map_batches(DecodeImages(preprocess, settings.job.decode), batch_format="pyarrow", batch_size=None)
+            # Bounded batches keep a task's memory flat however large its input block.
+            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes), batch_format="pyarrow", batch_size=STAGE_BATCH)
+            .map_batches(SkipExisting(store, fingerprint), batch_format="pyarrow", batch_size=STAGE_BATCH)
+            .map_batches(DecodeImages(preprocess, settings.job.decode), batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(
                 EmbedImages,
                 fn_constructor_kwargs={
