@@ -74,7 +74,7 @@ def make_checkpoint(out: Path, model: str) -> Path:
 
         from pixlake.platform.encoder import register_bundled_configs
 
-        register_bundled_configs()
+        register_bundled_configs()  # so the bundled pixlake-tiny config resolves
         torch.manual_seed(0)
         m, _, _ = open_clip.create_model_and_transforms(model, pretrained=None)
         tmp = out / f".{model}-random.pt.tmp"
@@ -97,8 +97,7 @@ def role_loop(args, jpegs: Path, ckpt: Path) -> dict:
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=str(ckpt))
     model.eval()
     paths = sorted(jpegs.glob("*.jpg"))
-    decode_s = forward_s = 0.0
-    embedded = 0
+    decode_s, forward_s, embedded = 0.0, 0.0, 0
     start = time.monotonic()
     with torch.inference_mode():
         for i in range(0, len(paths), args.batch_size):
@@ -116,7 +115,7 @@ def role_loop(args, jpegs: Path, ckpt: Path) -> dict:
             "forward_s": forward_s, "forward_images_per_s": embedded / forward_s, "torch_threads": torch.get_num_threads()}
 
 
-def _event(path: str, name: str, t0: float, t1: float, n: int = 0) -> None:
+def _event(path: Path, name: str, t0: float, t1: float, n: int = 0) -> None:
     with open(path, "a") as f:
         f.write(json.dumps({"name": name, "t0": t0, "t1": t1, "n": n, "pid": os.getpid()}) + "\n")
 
@@ -128,16 +127,13 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
     from pixlake.platform.pipeline import job as J
     from pixlake.platform.settings import load_settings
 
-    db = args.out / "bench.db"
-    for stale in list(args.out.glob("bench.db*")) + list(args.out.glob(".bench.db*")):
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    events = str(args.out / "job-events.jsonl")
-    Path(events).unlink(missing_ok=True)
+    db, events = args.out / "bench.db", args.out / "job-events.jsonl"
+    for stale in [*args.out.glob("bench.db*"), *args.out.glob(".bench.db*"), events]:
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
     def timed(name, fn):
         def wrapper(*a, **kw):
-            t0 = time.time()
-            result = fn(*a, **kw)
+            t0, result = time.time(), fn(*a, **kw)
             _event(events, name, t0, time.time())
             return result
         return wrapper
@@ -145,13 +141,11 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
     def probed(base, name):
         class Probed(base):  # defined in __main__, so cloudpickle ships it to Ray by value
             def __init__(self, *a, **kw):
-                t0 = time.time()
-                super().__init__(*a, **kw)
+                t0, _ = time.time(), super().__init__(*a, **kw)
                 _event(events, f"{name}_init", t0, time.time())
 
             def __call__(self, batch):
-                t0 = time.time()
-                out = super().__call__(batch)
+                t0, out = time.time(), super().__call__(batch)
                 _event(events, name, t0, time.time(), batch.num_rows)
                 return out
         return Probed
@@ -183,11 +177,15 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
     return result
 
 
-def _rss(proc) -> int:
+def _sample(proc, cpu: dict) -> int:
+    """RSS of ``proc``; records its CPU seconds so far in ``cpu`` (by pid)."""
     import psutil
 
     try:
-        return proc.memory_info().rss
+        with proc.oneshot():
+            t = proc.cpu_times()
+            cpu[proc.pid] = t.user + t.system
+            return proc.memory_info().rss
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0
 
@@ -201,21 +199,25 @@ def run_child(role: str, args) -> dict:
     log_path = args.out / f"{role}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--images", str(args.images),
            "--model", args.model, "--batch-size", str(args.batch_size), "--out", str(args.out)]
-    peak = 0
+    peak, cpu, machine0 = 0, {}, psutil.cpu_times()
     with open(log_path, "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         root = psutil.Process(child.pid)
         while child.poll() is None:
             try:
-                peak = max(peak, sum(_rss(p) for p in [root] + root.children(recursive=True)))
+                peak = max(peak, sum(_sample(p, cpu) for p in [root] + root.children(recursive=True)))
             except psutil.NoSuchProcess:
                 break
             time.sleep(0.2)
+    machine1 = psutil.cpu_times()
+    busy = sum(getattr(machine1, k) - getattr(machine0, k) for k in ("user", "system", "nice"))
     if child.wait() != 0 or not result_path.is_file():
         tail = "".join(open(log_path).readlines()[-30:])
         raise SystemExit(f"{role} contender failed (exit {child.returncode}); log {log_path}:\n{tail}")
     result = json.loads(result_path.read_text())
     result["peak_rss_mib"] = peak / 2**20
+    # CPU the rest of the machine used meanwhile (approximate): other work skews the figures.
+    result["tree_cpu_s"], result["other_cpu_s"] = sum(cpu.values()), max(0.0, busy - sum(cpu.values()))
     return result
 
 
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--out", type=Path, default=Path("bench/out"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="default bench/out")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 images, pixlake-tiny")
     ap.add_argument("--json", type=Path, help="also write the figures here as JSON")
     ap.add_argument("--role", choices=("loop", "job"), help=argparse.SUPPRESS)
@@ -252,15 +254,13 @@ def main(argv=None) -> int:
     steady = job.get("steady_images_per_s")
     f = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
     rows = [
-        ("images", args.images, args.images),
-        ("model / batch size", f"{args.model} / {args.batch_size}", f"{args.model} / {args.batch_size}"),
         ("images/s (end to end)", f(loop["images_per_s"]), f(job["images_per_s"])),
         ("seconds (end to end)", f(loop["seconds"], ".1f"), f(job["seconds"], ".1f")),
         ("images/s steady (after 1st batch)", "-", f(steady)),
-        ("images/s forward pass only", f(loop["forward_images_per_s"]), f(job.get("forward_images_per_s"))),
+        ("images/s in model calls only", f(loop["forward_images_per_s"]), f(job.get("forward_images_per_s"))),
         ("peak RSS of process tree (MiB)", f(loop["peak_rss_mib"], ".0f"), f(job["peak_rss_mib"], ".0f")),
     ]
-    print(f"\n== embed throughput on {cores} CPU cores (loop ran first, then job)")
+    print(f"\n== {args.images} images, {args.model}, batch size {args.batch_size}, {cores} CPU cores (loop ran first, then job)")
     print(f"{'':36}{'plain loop':>18}{'Ray job':>18}")
     for name, a, b in rows:
         print(f"{name:36}{a!s:>18}{b!s:>18}")
@@ -268,6 +268,7 @@ def main(argv=None) -> int:
     if steady:
         print(f"{'ratio job / loop (steady)':36}{f(steady / loop['images_per_s'], '.3f'):>36}")
     print(f"target (issue): {TARGET}")
+    print(f"CPU seconds used by other processes meanwhile (should be ~0): loop {loop['other_cpu_s']:.0f}, job {job['other_cpu_s']:.0f}")
     print(f"\nloop: decode+preprocess {loop['decode_s']:.1f}s, forward {loop['forward_s']:.1f}s, torch threads {loop['torch_threads']}")
     print(f"job: the end-to-end figure includes Ray start-up and both model loads; steady = after the first batch,"
           f" actor busy {f(job.get('actor_busy_fraction'), '.0%')} of that span; rejected {job['rejected']},"

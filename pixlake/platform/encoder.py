@@ -107,16 +107,6 @@ class _ShortestSideCrop:
         return np.asarray(image.crop((left, top, left + side, top + side)).convert("RGB"), dtype=np.uint8)
 
 
-def check_encoder(model_name: str, pretrained: Optional[str]) -> None:
-    """Validate a model name and weights spec without loading anything heavy.
-
-    Raises:
-        ModelError: unknown model or tag, or missing checkpoint.
-    """
-    _config(model_name)
-    _resolve_weights(model_name, pretrained)
-
-
 def _config(model_name: str) -> dict:
     import open_clip
 

@@ -12,7 +12,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
-from pixlake.platform.encoder import check_encoder, load_encoder
+from pixlake.platform.encoder import load_encoder
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.load import LoadItems
@@ -55,12 +55,11 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    # Check the store location, the source and the model before starting Ray: a bad
-    # flag fails in seconds, and the driver needs the fingerprint and preprocessing anyway.
+    # Check the store location and the source before starting Ray: a bad flag fails in a
+    # second. The model is checked and loaded (the driver needs its fingerprint and
+    # preprocessing) while Ray and the store actor start: both take seconds.
     check_db_location(settings.store.db)
     resolved = resolve_source(source)
-    check_encoder(settings.encoder.model, settings.encoder.pretrained)
-    # Loading the model (seconds) overlaps starting Ray and the store actor (seconds).
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
         init_ray()
