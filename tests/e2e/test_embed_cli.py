@@ -142,11 +142,17 @@ def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
     assert start.returncode == 0, start.stderr
     try:
         db = tmp_path / "p.db"
-        submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
-             sys.executable, "-m", "pixlake.jobs.embed", str(corpus_dir), "--db", str(db), *TINY_FLAGS, "--json"],
-            capture_output=True, text=True, timeout=300, env=env,
-        )
+        for _ in range(12):
+            submit = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+                 sys.executable, "-m", "pixlake.jobs.embed", str(corpus_dir), "--db", str(db), *TINY_FLAGS, "--json"],
+                capture_output=True, text=True, timeout=300, env=env,
+            )
+            # Right after `ray start` the dashboard may answer before its job agent is up;
+            # the job was then not submitted, so asking again is safe.
+            if "No available agent to submit job" not in submit.stderr:
+                break
+            time.sleep(5)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
         assert "succeeded" in submit.stdout.lower()
         store = MilvusStore(str(db), "images")

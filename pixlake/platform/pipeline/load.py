@@ -30,14 +30,15 @@ class LoadItems:
     def _read(self, location: str) -> bytes:
         import pyarrow.fs as pafs
 
-        if "://" in location:
-            scheme_host = location.split("/", 3)[:3]
-            key = "/".join(scheme_host)
-            if key not in self._filesystems:  # from_uri is slow for object stores: once per bucket
-                self._filesystems[key] = pafs.FileSystem.from_uri(location)[0]
-            fs, path = self._filesystems[key], pafs.FileSystem.from_uri(location)[1] if location.startswith("file://") else location.split("://", 1)[1]
+        scheme, _, rest = location.rpartition("://")
+        if scheme in ("", "file"):
+            fs, path = self._filesystems.setdefault("", pafs.LocalFileSystem()), rest
         else:
-            fs, path = self._filesystems.setdefault("", pafs.LocalFileSystem()), location
+            # from_uri is slow for object stores (credentials, region): once per bucket.
+            key = f"{scheme}://{rest.split('/', 1)[0]}"
+            if key not in self._filesystems:
+                self._filesystems[key] = pafs.FileSystem.from_uri(location)[0]
+            fs, path = self._filesystems[key], rest  # pyarrow paths are "bucket/key"
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError("no such file")
