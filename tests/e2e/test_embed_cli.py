@@ -129,13 +129,15 @@ def _free_port() -> int:
 
 
 def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     env = _env()
     # Ray 2.60 clusters use token auth (token in ~/.ray/auth_token); the job CLI sends it
     # only when told to.
     env["RAY_AUTH_MODE"] = "token"
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         # Not the default 52365: an agent of a Ray that is still exiting may hold it.
+         f"--dashboard-agent-listen-port={agent}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
         capture_output=True, text=True, timeout=120, env=env,
     )

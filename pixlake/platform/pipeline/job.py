@@ -71,10 +71,10 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
             raise
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
     del encoder, loading  # the driver needs only these; the actors load their own copy
-    dataset = read_items(resolved)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    actors = settings.job.concurrency or max(gpus, 1)
     try:
+        dataset = read_items(resolved)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = settings.job.concurrency or max(gpus, 1)
         index = store.ensure_collection(dim, fingerprint)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pipeline = (
