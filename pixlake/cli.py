@@ -23,8 +23,8 @@ def _settings(args: argparse.Namespace):
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.query import encode_query, read_image_file, search
-    from pixlake.platform.store import MilvusStore
+    from pixlake.platform.query import check_fingerprint, encode_query, read_image_file, search
+    from pixlake.platform.store import MilvusStore, build_filter
 
     settings = _settings(args)
     image = read_image_file(args.image) if args.image else None
@@ -36,7 +36,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             from pixlake.platform.errors import StoreError
 
             raise StoreError(f"no collection {settings.store.collection} in {settings.store.db}; run `pixlake embed` first")
-        hits = search(store, encoder, vector, k=args.k, tenant=args.tenant)
+        check_fingerprint(store, encoder.fingerprint)
+        hits = search(store, vector, k=args.k, expr=build_filter(args.tenant))
     finally:
         store.close()
     if args.json:
@@ -55,6 +56,37 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     image = read_image_file(args.image) if args.image else None
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained)
     print(json.dumps([float(x) for x in encode_query(encoder, text=args.text, image=image, limits=settings.job.decode)]))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from pixlake.platform.errors import ConfigError
+    from pixlake.serve import run
+    from pixlake.serve.config import ServeSettings
+
+    values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    flags = {"db": args.db, "collection": args.collection, "model": args.model, "pretrained": args.pretrained}
+    try:
+        settings = ServeSettings(**{**values, **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"invalid serve setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    settings.api_keys()  # a malformed PIXLAKE_API_KEYS fails here, in one line
+    url = run.start(settings, args.host, args.port)
+    print(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        run.stop()
     return 0
 
 
@@ -85,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--text", help="text to embed")
     what.add_argument("--image", help="path of an image to embed")
     encode.set_defaults(func=_cmd_encode)
+    serve_p = sub.add_parser("serve", help="serve the HTTP search API on Ray Serve (blocks; Ctrl-C stops)")
+    add_store_flags(serve_p)
+    add_encoder_flags(serve_p)
+    serve_p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve_p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve_p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from pixlake.platform.encoder import Encoder
 from pixlake.platform.errors import ConfigError, SourceError, StoreError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
-from pixlake.platform.store import MilvusStore, build_filter
+from pixlake.platform.store import MilvusStore
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -39,18 +39,38 @@ def read_image_file(path: Path) -> bytes:
         raise SourceError(f"cannot read image {path}: {e.strerror or e}") from e
 
 
-def search(store: MilvusStore, encoder: Encoder, vector: np.ndarray, k: int = 10, tenant: Optional[str] = None,
-           meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
-    """Search the store with a query vector; hits are ``{"id", "source", "score", "meta"}``.
+def check_fingerprint(store: MilvusStore, fingerprint: str) -> None:
+    """Refuse to query a collection embedded by another encoder (its vectors mean something else).
 
     Raises:
-        StoreError: the collection is missing or holds another encoder's embeddings.
+        StoreError: the collection holds another encoder's embeddings.
     """
     stored = store.model()
-    if stored is not None and stored != encoder.fingerprint:
+    if stored is not None and stored != fingerprint:
         raise StoreError(
             f"collection {store.collection} holds embeddings of {stored}; the query encoder is "
-            f"{encoder.fingerprint}. Use the same --model/--pretrained as the embed job"
+            f"{fingerprint}. Use the same --model/--pretrained as the embed job"
         )
-    hits = store.search([vector], k=k, filter=build_filter(tenant, meta))[0]
+
+
+def search(store: MilvusStore, vector: np.ndarray, k: int = 10, expr: str = "") -> list[dict]:
+    """Search the store with a query vector.
+
+    Args:
+        store: the collection.
+        vector: normalised query vector.
+        k: number of hits.
+        expr: a filter from :func:`~pixlake.platform.store.build_filter` (never client text).
+
+    Returns:
+        Hits ``{"id", "source", "score", "meta"}``, best first.
+    """
+    hits = store.search([vector], k=k, filter=expr)[0]
     return [{"id": h["id"], "source": h["source"], "score": round(h["score"], 6), "meta": h["meta"]} for h in hits]
+
+
+def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of normalised vectors, re-normalised (a text+image query)."""
+    mixed = sum(w * v for w, v in zip(weights, vectors))
+    norm = float(np.linalg.norm(mixed))
+    return (mixed / norm).astype(np.float32) if norm > 0 else np.asarray(vectors[0], np.float32)

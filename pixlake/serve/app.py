@@ -1,0 +1,277 @@
+"""The FastAPI ingress and the application builder (``serve run pixlake.serve.app:build_app``).
+
+HTTP → auth/limits → encode (batched QueryEncoder) → search (Searcher, tenant-scoped) → JSON.
+Every client mistake is answered 4xx with an :class:`~pixlake.serve.schemas.ErrorBody`.
+"""
+
+import base64
+import binascii
+import functools
+import logging
+import time
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pixlake.platform.errors import PixlakeError
+from pixlake.platform.images import DecodeLimits, Rejection, decode_image
+from pixlake.platform.query import combine
+from pixlake.platform.store import build_filter
+from pixlake.serve.auth import KeyStore, RateLimiter, ServeError
+from pixlake.serve.config import ServeSettings
+from pixlake.serve.deployments import QueryEncoder, Searcher
+from pixlake.serve.metrics import Metrics
+from pixlake.serve.schemas import (
+    CollectionInfo,
+    CollectionsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorBody,
+    SearchRequest,
+    SearchResponse,
+)
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="pixlake", version="0.1.0", description="Multimodal search over pixlake collections.")
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
+# Decoder rejections that mean "wrong kind of file" or "too big" rather than "broken file".
+_REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large": 413, "decompression_bomb": 413}
+
+
+class ApiError(Exception):
+    """A 4xx answer with a stable code and a message."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def _error(status: int, code: str, message: str, detail: Any = None, headers: Optional[dict] = None) -> JSONResponse:
+    body = ErrorBody(error=code, message=message, detail=detail).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    return _error(e.status, e.code, e.message, headers=e.headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own errors (unparseable body, unknown path, wrong method) get our error body too.
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    return _error(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+    _metrics.observe_request(getattr(request.scope.get("route"), "path", "unmatched"), request.method, 422, 0.0)
+    first = e.errors()[0] if e.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    detail = [{"loc": list(err.get("loc", ())), "msg": str(err.get("msg", ""))} for err in e.errors()]
+    return _error(422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", detail=detail)
+
+
+# One ingress replica per process. Ray Serve does not run FastAPI's @app.middleware
+# (checked with Ray 2.60), so request metrics and the body cap are applied by the
+# `observed` decorator on each route, and by the validation-error handler.
+_metrics = Metrics()
+_process = {"max_body_bytes": 16 * 1024 * 1024}
+
+
+def observed(route: str):
+    """Route decorator: enforce the body cap and record status and latency in metrics."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def run(*args, **kwargs):
+            started, status = time.perf_counter(), 500
+            request = kwargs.get("request")
+            try:
+                length = request.headers.get("content-length") if request is not None else None
+                if length is not None and (not length.isdigit() or int(length) > _process["max_body_bytes"]):
+                    raise ApiError(413, "payload_too_large", f"body over the {_process['max_body_bytes']}-byte cap")
+                result = await handler(*args, **kwargs)
+                status = getattr(result, "status_code", 200)
+                return result
+            except ApiError as e:
+                status = e.status
+                raise
+            finally:
+                _metrics.observe_request(route, request.method if request is not None else "GET", status,
+                                         time.perf_counter() - started)
+
+        return run
+
+    return wrap
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=256)
+@serve.ingress(api)
+class Ingress:
+    """HTTP front door; composed with the encoder and searcher handles by :func:`build_app`."""
+
+    def __init__(self, encoder, searcher, settings: dict):
+        self.encoder, self.searcher = encoder, searcher
+        self.settings = ServeSettings(**settings)
+        self.keys = KeyStore(self.settings.api_keys())
+        self.limiter = RateLimiter(self.settings.rate_per_s, self.settings.rate_burst)
+        _process["max_body_bytes"] = self.settings.max_body_bytes
+        self.limits = DecodeLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        self._info = None  # model info, fetched from the encoder on first use
+        self._pil = None
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def _model(self) -> dict:
+        if self._info is None:
+            self._info = await self.encoder.info.remote()
+            self._pil = self._info["preprocess"].pil_transform()
+        return self._info
+
+    def _principal(self, request: Request, scope: str):
+        try:
+            principal = self.keys.authenticate(request.headers.get("authorization"))
+            principal.require(scope)
+            self.limiter.check(principal.key_name)
+        except ServeError as e:
+            code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}[e.status_code]
+            raise ApiError(e.status_code, code, e.message, e.headers) from e
+        return principal
+
+    def _decode(self, data: bytes) -> np.ndarray:
+        if len(data) > self.limits.max_bytes:
+            raise ApiError(413, "payload_too_large", f"image is {len(data)} bytes; the cap is {self.limits.max_bytes}")
+        image = decode_image(data, self.limits)
+        if isinstance(image, Rejection):
+            code = image.reason.split(":", 1)[0]
+            status = _REJECTION_STATUS.get(code, 422)
+            name = {413: "payload_too_large", 415: "unsupported_media_type"}.get(status, "undecodable_image")
+            raise ApiError(status, name, f"image rejected: {image.reason}")
+        return self._pil(image)
+
+    @staticmethod
+    def _b64(field: str, value: str) -> bytes:
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ApiError(422, "invalid_request", f"{field}: not valid base64") from e
+
+    async def _embed(self, text: Optional[str], image: Optional[bytes]) -> list[np.ndarray]:
+        await self._model()
+        vectors = []
+        if text is not None:
+            vectors.append(await self.encoder.embed_text.remote(text))
+        if image is not None:
+            vectors.append(await self.encoder.embed_pixels.remote(self._decode(image)))
+        return vectors
+
+    async def _search(self, principal, vector: np.ndarray, k: int, filter: Optional[dict], collection: Optional[str]) -> list[dict]:
+        if collection is not None and collection != self.settings.collection:
+            raise ApiError(404, "unknown_collection", f"collection {collection!r} is not served here")
+        try:
+            expr = build_filter(principal.tenant, filter)  # the key's tenant, whatever the request says
+        except PixlakeError as e:
+            raise ApiError(422, "invalid_request", f"filter: {e}") from e
+        return await self.searcher.search.remote(vector, k, expr)
+
+    # --- routes ----------------------------------------------------------------------------
+
+    @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
+    @observed("/v1/search")
+    async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
+        """Text→image, image→image, or weighted text+image search in the key's tenant."""
+        started = time.perf_counter()
+        principal = self._principal(request, "search")
+        image = self._b64("image", body.image) if body.image is not None else None
+        vectors = await self._embed(body.text, image)
+        weights = [body.weights.text, body.weights.image] if body.weights and len(vectors) == 2 else [1.0] * len(vectors)
+        vector = combine(vectors, weights)
+        hits = await self._search(principal, vector, body.k, body.filter, body.collection)
+        return SearchResponse(results=hits, model=self._info["fingerprint"], took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    @api.post("/v1/search/image", response_model=SearchResponse, responses=_ERRORS)
+    @observed("/v1/search/image")
+    async def search_image(self, request: Request, file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000)) -> SearchResponse:
+        """Image→image search with a multipart file upload."""
+        started = time.perf_counter()
+        principal = self._principal(request, "search")
+        data = await file.read(self.limits.max_bytes + 1)
+        vectors = await self._embed(None, data)
+        hits = await self._search(principal, vectors[0], k, None, None)
+        return SearchResponse(results=hits, model=self._info["fingerprint"], took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    @api.post("/v1/embed", response_model=EmbedResponse, responses=_ERRORS)
+    @observed("/v1/embed")
+    async def embed(self, body: EmbedRequest, request: Request) -> EmbedResponse:
+        """The plaintext embedding of one text or image."""
+        self._principal(request, "embed")
+        image = self._b64("image", body.image) if body.image is not None else None
+        vector = (await self._embed(body.text, image))[0]
+        return EmbedResponse(vector=[float(x) for x in vector], model=self._info["fingerprint"])
+
+    @api.get("/v1/collections", response_model=CollectionsResponse, responses=_ERRORS)
+    @observed("/v1/collections")
+    async def collections(self, request: Request) -> CollectionsResponse:
+        """Served collections with row counts, encoder fingerprint and index type."""
+        self._principal(request, "search")
+        d = await self.searcher.describe.remote()
+        return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], rows=d["rows"], model=d["model"], index_type=d["index_type"])])
+
+    @api.get("/healthz", responses=_ERRORS)
+    async def healthz(self) -> dict:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", responses=_ERRORS)
+    @observed("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """The model is loaded and Milvus answers."""
+        try:
+            await self._model()
+            ready = await self.searcher.ready.remote()
+        except Exception as e:  # not ready is an answer, not an error
+            log.warning("not ready: %s", e)
+            ready = False
+        if not ready:
+            return _error(503, "not_ready", "model or Milvus not ready")
+        return JSONResponse({"status": "ready"})
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> PlainTextResponse:
+        """Prometheus text: requests by route and status, latency, encoder batch sizes."""
+        encoder_text = await self.encoder.metrics_text.remote()
+        body, content_type = _metrics.render_with(encoder_text)
+        return PlainTextResponse(body, media_type=content_type)
+
+
+def build_app(args: dict) -> Any:
+    """Application builder: ``serve run pixlake.serve.app:build_app db=... collection=...``.
+
+    Args:
+        args: :class:`~pixlake.serve.config.ServeSettings` fields.
+
+    Returns:
+        The bound Serve application (ingress over encoder and searcher).
+    """
+    import ray
+
+    settings = ServeSettings(**args)
+    gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) else 0
+    # Small CPU reservations: the ingress and searcher mostly wait on I/O, and a CPU encoder
+    # uses its cores through torch threads whatever it reserves; with Serve's default of one
+    # CPU each, three replicas would not fit on a two-core machine.
+    encoder = QueryEncoder.options(ray_actor_options={"num_gpus": gpus, "num_cpus": 1 if gpus else 0.5})
+    searcher = Searcher.options(ray_actor_options={"num_cpus": 0.1})
+    ingress = Ingress.options(ray_actor_options={"num_cpus": 0.1})
+    return ingress.bind(
+        encoder.bind(settings.model, settings.pretrained),
+        searcher.bind(settings.db, settings.collection),
+        settings.model_dump(mode="json"),
+    )

@@ -1,0 +1,138 @@
+"""Prometheus metrics for the Serve API, on a registry of their own.
+
+Ray itself uses prometheus_client's global default registry, so each :class:`Metrics`
+owns a private ``CollectorRegistry``: names never clash with Ray's, and several
+instances (one per deployment replica, one per test) can live in one process.
+
+Encoder batch sizes are observed in the encoder deployment's process, not the
+ingress's. Rather than ship counts between processes, each process keeps its own
+:class:`Metrics`; the encoder exposes ``render()`` as a Ray method and the ingress
+serves ``render_with(encoder_text)`` on ``/metrics``, merging the two expositions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+# 1 ms .. 10 s: cached health checks sit at the bottom, CPU image encodes near the top.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_KINDS = ("text", "image")
+
+
+class Metrics:
+    """The Serve API's metrics, in a dedicated registry.
+
+    Attributes:
+        registry: the private registry all metrics here are registered in.
+        requests_total: Counter of requests, labels (route, method, status).
+        request_latency_seconds: Histogram of request latency, label (route).
+        encoder_batch_size: Histogram of encoder batch sizes, label (kind: text/image).
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests_total = Counter(
+            "pixlake_requests_total", "HTTP requests handled, by route template, method and status code",
+            ("route", "method", "status"), registry=self.registry,
+        )
+        self.request_latency_seconds = Histogram(
+            "pixlake_request_latency_seconds", "HTTP request latency in seconds, by route template",
+            ("route",), buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.encoder_batch_size = Histogram(
+            "pixlake_encoder_batch_size", "Inputs per encoder forward pass, by input kind",
+            ("kind",), buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record one handled request.
+
+        Args:
+            route: the route template (e.g. ``/v1/search``), not the raw path, so ids in
+                paths do not explode label cardinality.
+            method: HTTP method.
+            status: response status code.
+            seconds: wall time spent handling the request.
+        """
+        self.requests_total.labels(route=route, method=method.upper(), status=str(int(status))).inc()
+        self.request_latency_seconds.labels(route=route).observe(max(0.0, seconds))
+
+    def observe_batch(self, kind: str, size: int) -> None:
+        """Record one encoder batch; call it in the process that runs the encoder.
+
+        Args:
+            kind: ``"text"`` or ``"image"``.
+            size: number of inputs in the batch.
+
+        Raises:
+            ValueError: an unknown kind (a programming error).
+        """
+        if kind not in BATCH_KINDS:
+            raise ValueError(f"unknown batch kind {kind!r}; expected one of {BATCH_KINDS}")
+        self.encoder_batch_size.labels(kind=kind).observe(size)
+
+    def render(self) -> tuple[bytes, str]:
+        """This process's metrics in the Prometheus text format.
+
+        Returns:
+            (body, content type) for the ``/metrics`` response.
+        """
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def render_with(self, extra: bytes) -> tuple[bytes, str]:
+        """This process's metrics merged with another process's exposition text.
+
+        The ingress uses this to serve the encoder deployment's metrics (fetched with a
+        Ray call to its ``render()``) on one endpoint. Both processes declare the same
+        families, so plain concatenation would repeat ``# HELP``/``# TYPE`` lines, which
+        scrapers reject; instead each family is written once, its header from this
+        process, followed by this process's samples and then the other's. This relies on
+        the two processes observing disjoint series (the ingress observes requests, the
+        encoder observes batches); a series observed in both would appear twice.
+
+        Args:
+            extra: another process's ``render()`` body (may be empty).
+
+        Returns:
+            (body, content type) for the ``/metrics`` response.
+        """
+        body, content_type = self.render()
+        if not extra.strip():
+            return body, content_type
+        return _merge_expositions(body, extra), content_type
+
+
+def _split_families(text: bytes) -> dict[str, tuple[list[bytes], list[bytes]]]:
+    """Split an exposition into families, in order: name -> [header lines, sample lines].
+
+    Samples belong to the family declared by the nearest preceding ``# HELP``/``# TYPE``
+    line, which is how ``generate_latest`` lays them out. Lines before any header go
+    under the name ``""``.
+    """
+    families: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    current = ""
+    for line in text.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        if line.startswith(b"# HELP ") or line.startswith(b"# TYPE "):
+            parts = line.split()
+            current = parts[2].decode("utf-8", "replace") if len(parts) >= 3 else ""
+            headers, _ = families.setdefault(current, ([], []))
+            if not any(h.split()[:3] == parts[:3] for h in headers):
+                headers.append(line)
+        elif line.strip():
+            families.setdefault(current, ([], []))[1].append(line)
+    return families
+
+
+def _merge_expositions(first: bytes, second: bytes) -> bytes:
+    """Merge two expositions family by family; headers come from whichever declares first."""
+    merged = _split_families(first)
+    for name, (headers, samples) in _split_families(second).items():
+        own_headers, own_samples = merged.setdefault(name, ([], []))
+        for h in headers:
+            if not any(o.split()[:3] == h.split()[:3] for o in own_headers):
+                own_headers.append(h)
+        own_samples.extend(samples)
+    return b"".join(b"".join(headers) + b"".join(samples) for headers, samples in merged.values())

@@ -1,0 +1,105 @@
+"""Request and response bodies of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MetaValue = Union[str, int, float, bool]
+
+
+class Weights(BaseModel):
+    """Weights of a text+image query; the combination is re-normalised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: float = Field(0.5, ge=0, le=1000, description="weight of the text embedding")
+    image: float = Field(0.5, ge=0, le=1000, description="weight of the image embedding")
+
+    @model_validator(mode="after")
+    def _not_both_zero(self) -> "Weights":
+        if self.text == 0 and self.image == 0:
+            raise ValueError("weights.text and weights.image cannot both be 0")
+        return self
+
+
+class SearchRequest(BaseModel):
+    """Body of ``POST /v1/search``: a text, an image, or both (weighted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Optional[str] = Field(None, min_length=1, max_length=2000, description="text query")
+    image: Optional[str] = Field(None, min_length=1, description="base64-encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    weights: Optional[Weights] = Field(None, description="text/image weights when both are given")
+    k: int = Field(10, ge=1, le=1000, description="number of results")
+    filter: Optional[dict[str, Union[MetaValue, list[MetaValue]]]] = Field(
+        None, description="equality (or membership, with a list) on metadata keys; structured, never an expression"
+    )
+    collection: Optional[str] = Field(None, description="collection to search; default the served one")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SearchRequest":
+        if self.text is None and self.image is None:
+            raise ValueError("give at least one of text or image")
+        return self
+
+
+class Hit(BaseModel):
+    """One search result."""
+
+    id: str
+    source: str
+    score: float
+    meta: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    """Results, best first."""
+
+    results: list[Hit]
+    model: str = Field(description="encoder fingerprint")
+    took_ms: float
+
+
+class EmbedRequest(BaseModel):
+    """Body of ``POST /v1/embed``: exactly one of text or image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Optional[str] = Field(None, min_length=1, max_length=2000)
+    image: Optional[str] = Field(None, min_length=1, description="base64-encoded image")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "EmbedRequest":
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of text or image")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    """A plaintext, L2-normalised embedding."""
+
+    vector: list[float]
+    model: str
+
+
+class CollectionInfo(BaseModel):
+    """A served collection."""
+
+    name: str
+    rows: int
+    model: Optional[str]
+    index_type: Optional[str]
+
+
+class CollectionsResponse(BaseModel):
+    collections: list[CollectionInfo]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a stable code and a message naming the problem."""
+
+    error: str = Field(description="stable machine-readable code, e.g. unauthorized, payload_too_large")
+    message: str
+    detail: Optional[Any] = None

@@ -1,0 +1,46 @@
+"""A running Serve app on loopback over a small two-tenant collection (real Ray, real milvus-lite)."""
+
+from __future__ import annotations
+
+import socket
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TINY, tiny_settings
+
+KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(ray_session, tmp_path_factory):
+    """Base URL plus the images of each tenant."""
+    from pixlake.platform.pipeline.job import run_embed_job
+    from pixlake.platform.synthetic import write_corpus
+    from pixlake.serve import run
+    from pixlake.serve.auth import parse_api_keys
+    from pixlake.serve.config import ServeSettings
+
+    root = tmp_path_factory.mktemp("serve")
+    images = write_corpus(root / "images", 40, seed=7)
+    tenants = ["acme" if i % 2 == 0 else "globex" for i in range(len(images))]
+    pq.write_table(
+        pa.table({"path": [str(p) for p in images], "tenant": tenants, "label": [f"l{i % 4}" for i in range(len(images))]}),
+        root / "rows.parquet",
+    )
+    db = root / "p.db"
+    run_embed_job(str(root / "rows.parquet"), tiny_settings(db))
+    settings = ServeSettings(
+        db=str(db), collection="images", model=TINY[0], pretrained=TINY[1], keys=parse_api_keys(KEYS),
+        rate_per_s=0.5, rate_burst=150, max_body_bytes=2_000_000, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
+    )
+    url = run.start(settings, "127.0.0.1", _free_port())
+    yield {"url": url, "images": images, "tenants": tenants}
+    run.stop()

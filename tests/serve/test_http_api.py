@@ -1,0 +1,180 @@
+"""The HTTP API against the real Serve app on loopback: every endpoint and error path."""
+
+from __future__ import annotations
+
+import base64
+import io
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+A = {"Authorization": "Bearer ka"}  # acme: search + embed
+B = {"Authorization": "Bearer kb"}  # globex: search
+EMBED_ONLY = {"Authorization": "Bearer ke"}
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _post(served, path, json=None, headers=A, **kw):
+    return requests.post(served["url"] + path, json=json, headers=headers, timeout=60, **kw)
+
+
+def _assert_error(resp, status, code=None):
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) >= {"error", "message"} and body["message"]
+    if code:
+        assert body["error"] == code, body
+
+
+def _of(served, tenant):
+    return [p for p, t in zip(served["images"], served["tenants"]) if t == tenant]
+
+
+def test_image_search_finds_itself_within_the_keys_tenant(served):
+    for path in _of(served, "acme")[:3]:
+        resp = _post(served, "/v1/search", {"image": _b64(path), "k": 5})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert set(body) == {"results", "model", "took_ms"} and body["model"].startswith("pixlake-tiny:")
+        assert body["results"][0]["source"] == str(path) and body["results"][0]["score"] > 0.999
+        assert set(body["results"][0]) == {"id", "source", "score", "meta"}
+
+
+def test_tenant_isolation_whatever_the_request_says(served):
+    acme = set(map(str, _of(served, "acme")))
+    query = _of(served, "acme")[0]
+    # globex's key, querying with an acme image and asking for every row: only globex rows come back.
+    resp = _post(served, "/v1/search", {"image": _b64(query), "k": 1000}, headers=B)
+    sources = {h["source"] for h in resp.json()["results"]}
+    assert resp.status_code == 200 and sources and not (sources & acme)
+    assert len(sources) == len(_of(served, "globex"))
+
+
+def test_text_and_combined_search_and_filters(served):
+    resp = _post(served, "/v1/search", {"text": "a red circle", "k": 3})
+    assert resp.status_code == 200 and len(resp.json()["results"]) == 3
+    image = _of(served, "acme")[1]
+    both = _post(served, "/v1/search", {"text": "a red circle", "image": _b64(image), "weights": {"text": 0.1, "image": 0.9}, "k": 1})
+    assert both.status_code == 200 and both.json()["results"][0]["source"] == str(image)
+    filtered = _post(served, "/v1/search", {"text": "a shape", "k": 50, "filter": {"label": "l2"}})
+    assert filtered.status_code == 200
+    assert {h["meta"]["label"] for h in filtered.json()["results"]} == {"l2"}
+    membership = _post(served, "/v1/search", {"text": "a shape", "k": 50, "filter": {"label": ["l0", "l2"]}})
+    assert {h["meta"]["label"] for h in membership.json()["results"]} == {"l0", "l2"}
+
+
+def test_multipart_image_search(served):
+    path = _of(served, "acme")[2]
+    with open(path, "rb") as f:
+        resp = requests.post(served["url"] + "/v1/search/image", files={"file": ("q.png", f, "image/png")},
+                             data={"k": "2"}, headers=A, timeout=60)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["results"][0]["source"] == str(path) and len(resp.json()["results"]) == 2
+
+
+def test_embed_matches_the_stored_vector_space(served, tiny_encoder):
+    resp = _post(served, "/v1/embed", {"text": "a red circle"}, headers=EMBED_ONLY)
+    assert resp.status_code == 200
+    vector = resp.json()["vector"]
+    expected = tiny_encoder.embed_texts(["a red circle"])[0]
+    assert len(vector) == 32 and sum(a * b for a, b in zip(vector, expected)) > 0.999
+    image = _post(served, "/v1/embed", {"image": _b64(_of(served, "acme")[0])}, headers=EMBED_ONLY)
+    assert image.status_code == 200 and len(image.json()["vector"]) == 32
+
+
+def test_collections_health_ready_metrics(served):
+    resp = requests.get(served["url"] + "/v1/collections", headers=A, timeout=30)
+    assert resp.status_code == 200
+    (info,) = resp.json()["collections"]
+    assert info["name"] == "images" and info["rows"] == 40 and info["index_type"] == "HNSW"
+    assert info["model"].startswith("pixlake-tiny:")
+    assert requests.get(served["url"] + "/healthz", timeout=30).json() == {"status": "ok"}
+    assert requests.get(served["url"] + "/readyz", timeout=30).status_code == 200
+    _post(served, "/v1/search", {"text": "x"})
+    metrics = requests.get(served["url"] + "/metrics", timeout=30)
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'route="/v1/search"' in text and "encoder_batch_size" in text and "request_latency_seconds" in text
+
+
+@pytest.mark.parametrize(
+    "headers, status, code",
+    [({}, 401, "unauthorized"), ({"Authorization": "Bearer nope"}, 401, "unauthorized"),
+     ({"Authorization": "Basic a2E6"}, 401, "unauthorized"), (EMBED_ONLY, 403, "forbidden")],
+)
+def test_auth_errors(served, headers, status, code):
+    _assert_error(_post(served, "/v1/search", {"text": "x"}, headers=headers), status, code)
+
+
+def test_missing_scope_for_embed(served):
+    _assert_error(_post(served, "/v1/embed", {"text": "x"}, headers=B), 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [({}, "text"), ({"text": "x", "k": 0}, "k"), ({"text": "x", "k": 1001}, "k"), ({"text": "x", "extra": 1}, "extra"),
+     ({"image": "###"}, "image"), ({"text": "x", "filter": {"bad key!": "v"}}, "filter"),
+     ({"text": "x", "weights": {"text": 0, "image": 0}}, "weights"), ({"text": "x", "collection": "other"}, None)],
+)
+def test_invalid_requests_get_4xx_json(served, body, field):
+    resp = _post(served, "/v1/search", body)
+    assert resp.status_code in (404, 422), resp.text
+    _assert_error(resp, resp.status_code)
+    if field:
+        assert field in resp.json()["message"]
+
+
+def test_bad_images(served, tmp_path):
+    from tests.badinputs import write_bad_input_corpus
+
+    _, reject = write_bad_input_corpus(tmp_path)
+    expect = {"text.jpg": 415, "html.png": 415, "truncated.jpg": 422, "zero.jpg": 422, "bomb.png": 413}
+    names = {p.name: p for p in reject.values()}
+    for name, status in expect.items():
+        match = next((p for n, p in names.items() if n.startswith(name.split(".")[0])), None)
+        if match is None:
+            continue
+        resp = _post(served, "/v1/search", {"image": _b64(match)})
+        _assert_error(resp, status)
+    big = io.BytesIO()
+    Image.effect_noise((800, 800), 64).convert("RGB").save(big, "PNG")  # ~ >1 MB of noise
+    resp = _post(served, "/v1/search", {"image": base64.b64encode(big.getvalue()).decode()})
+    _assert_error(resp, 413, "payload_too_large")
+
+
+def test_body_over_the_cap_is_413(served):
+    resp = _post(served, "/v1/search", {"text": "x", "image": "A" * 2_100_000})
+    _assert_error(resp, 413, "payload_too_large")
+
+
+def test_rate_limit_answers_429_with_retry_after(served):
+    headers = {"Authorization": "Bearer kr"}
+    statuses = [requests.get(served["url"] + "/v1/collections", headers=headers, timeout=30) for _ in range(155)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited and int(limited[0].headers["Retry-After"]) >= 1
+    _assert_error(limited[0], 429, "rate_limited")
+    # Another key is not affected.
+    assert requests.get(served["url"] + "/v1/collections", headers=A, timeout=30).status_code == 200
+
+
+def test_concurrent_clients_get_their_own_answers(served):
+    paths = _of(served, "acme") + _of(served, "acme")
+
+    def one(path):
+        resp = _post(served, "/v1/search", {"image": _b64(path), "k": 1})
+        return path, resp.status_code, resp.json()["results"][0]["source"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(one, paths))
+    assert all(status == 200 and source == str(path) for path, status, source in answers)
+
+
+def test_server_keeps_serving_after_bad_input(served):
+    requests.post(served["url"] + "/v1/search", data=b"{not json", headers={**A, "Content-Type": "application/json"}, timeout=30)
+    assert _post(served, "/v1/search", {"text": "still here"}).status_code == 200
