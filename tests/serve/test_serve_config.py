@@ -1,0 +1,24 @@
+"""serve.yaml is a valid Ray Serve config whose app args are valid pixlake settings."""
+
+from pathlib import Path
+
+import yaml
+
+CONFIG = Path(__file__).parents[2] / "serve.yaml"
+
+
+def test_serve_yaml_validates_against_rays_schema_and_ours():
+    from ray.serve.schema import ServeDeploySchema
+
+    from pixlake.serve.config import ServeSettings
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.parse_obj(raw)
+    (app,) = schema.applications
+    assert app.import_path == "pixlake.serve.app:build_app"
+    settings = ServeSettings(**app.args)
+    assert settings.keys and all(len(k.key_hash) == 64 for k in settings.keys)
+    names = {d.name for d in app.deployments}
+    assert names == {"Ingress", "QueryEncoder", "Searcher"}  # the names build_app deploys
+    encoder = next(d for d in app.deployments if d.name == "QueryEncoder")
+    assert encoder.ray_actor_options.num_gpus == 1
