@@ -178,3 +178,23 @@ def test_concurrent_clients_get_their_own_answers(served):
 def test_server_keeps_serving_after_bad_input(served):
     requests.post(served["url"] + "/v1/search", data=b"{not json", headers={**A, "Content-Type": "application/json"}, timeout=30)
     assert _post(served, "/v1/search", {"text": "still here"}).status_code == 200
+
+
+def test_serving_with_another_encoder_is_refused(tmp_path):
+    """The query encoder must have the collection's fingerprint (checked before deploying)."""
+    from pixlake.platform.errors import StoreError
+    from pixlake.platform.store import MilvusStore
+    from pixlake.serve.config import ServeSettings
+    from pixlake.serve.run import check_model_matches
+
+    db = str(tmp_path / "m.db")
+    store = MilvusStore(db, "images")
+    store.ensure_collection(32, "other-model:0123456789abcdef")
+    store.upsert([{"id": "a", "tenant": "t", "subject": "s", "content_hash": "h", "source": "x", "model": "other-model:0123456789abcdef",
+                   "meta": {}, "nonce": "", "key_id": "", "vector": [1.0] + [0.0] * 31}])
+    store.close()
+    settings = ServeSettings(db=db, collection="images", model="pixlake-tiny", pretrained="none")
+    with pytest.raises(StoreError, match="holds embeddings of other-model"):
+        check_model_matches(settings)
+    with pytest.raises(StoreError, match="no collection"):
+        check_model_matches(settings.model_copy(update={"collection": "missing"}))
