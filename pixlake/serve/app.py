@@ -146,9 +146,7 @@ class Ingress:
         return principal
 
     def _decode(self, data: bytes) -> np.ndarray:
-        if len(data) > self.limits.max_bytes:
-            raise ApiError(413, "payload_too_large", f"image is {len(data)} bytes; the cap is {self.limits.max_bytes}")
-        image = decode_image(data, self.limits)
+        image = decode_image(data, self.limits)  # applies the byte cap too (too_large → 413)
         if isinstance(image, Rejection):
             code = image.reason.split(":", 1)[0]
             status = _REJECTION_STATUS.get(code, 422)
@@ -181,6 +179,10 @@ class Ingress:
             raise ApiError(422, "invalid_request", f"filter: {e}") from e
         return await self.searcher.search.remote(vector, k, expr)
 
+    def _respond(self, hits: list[dict], started: float) -> SearchResponse:
+        took_ms = round((time.perf_counter() - started) * 1000, 3)
+        return SearchResponse(results=hits, model=self._info["fingerprint"], took_ms=took_ms)
+
     # --- routes ----------------------------------------------------------------------------
 
     @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
@@ -193,8 +195,7 @@ class Ingress:
         vectors = await self._embed(body.text, image)
         weights = [body.weights.text, body.weights.image] if body.weights and len(vectors) == 2 else [1.0] * len(vectors)
         vector = combine(vectors, weights)
-        hits = await self._search(principal, vector, body.k, body.filter, body.collection)
-        return SearchResponse(results=hits, model=self._info["fingerprint"], took_ms=round((time.perf_counter() - started) * 1000, 3))
+        return self._respond(await self._search(principal, vector, body.k, body.filter, body.collection), started)
 
     @api.post("/v1/search/image", response_model=SearchResponse, responses=_ERRORS)
     @observed("/v1/search/image")
@@ -204,8 +205,7 @@ class Ingress:
         principal = self._principal(request, "search")
         data = await file.read(self.limits.max_bytes + 1)
         vectors = await self._embed(None, data)
-        hits = await self._search(principal, vectors[0], k, None, None)
-        return SearchResponse(results=hits, model=self._info["fingerprint"], took_ms=round((time.perf_counter() - started) * 1000, 3))
+        return self._respond(await self._search(principal, vectors[0], k, None, None), started)
 
     @api.post("/v1/embed", response_model=EmbedResponse, responses=_ERRORS)
     @observed("/v1/embed")
