@@ -8,9 +8,10 @@ STAMP := $(VENV)/.pixlake-installed
 DEMO_DB ?= ./pixlake.db
 DEMO_DATA ?= demo-data
 DEMO_OUT ?= demo-output
-DEMO_MODEL ?= --model pixlake-tiny --pretrained none
+DEMO_TRAIN_N ?= 20000
+DEMO_TRAIN_EPOCHS ?= 10
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo demo-model bench clean
 
 install: $(STAMP)
 
@@ -24,17 +25,23 @@ $(STAMP): pyproject.toml requirements.lock
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# The whole platform on the embedded default: corpus -> Ray embed job -> evaluation ->
+# Ray Serve HTTP queries -> clean shutdown (pixlake/jobs/demo.py).
 demo: $(STAMP)
 	rm -rf $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB)
-	$(BIN)/python -m pixlake.platform.synthetic --out $(DEMO_DATA)/images --n 256 --seed 0
-	$(BIN)/pixlake embed $(DEMO_DATA)/images --db $(DEMO_DB) $(DEMO_MODEL) --report $(DEMO_OUT)/embed-report.json
-	@echo; echo "== image -> image: the query image itself should come first"
-	$(BIN)/pixlake search --db $(DEMO_DB) $(DEMO_MODEL) --image $(DEMO_DATA)/images/00000.png -k 5
-	@echo; echo "== text -> image (random-weight model until the demo model lands: ranking is not meaningful yet)"
-	$(BIN)/pixlake search --db $(DEMO_DB) $(DEMO_MODEL) --text "a large red circle" -k 5
+	$(BIN)/python -m pixlake.jobs.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --db $(DEMO_DB)
+
+# Rebuild the bundled demo model (pixlake/platform/weights/pixlake-demo.pt) from fixed seeds.
+demo-model: $(STAMP)
+	rm -rf build/demo-train build/demo-model
+	$(BIN)/pixlake corpus --out build/demo-train --n $(DEMO_TRAIN_N) --seed 0 --holdout 0.05
+	$(BIN)/pixlake train build/demo-train/manifest.parquet --out build/demo-model --model pixlake-demo \
+		--epochs $(DEMO_TRAIN_EPOCHS) --batch-size 128 --lr 2e-3 --seed 0
+	mkdir -p pixlake/platform/weights
+	cp build/demo-model/model.pt pixlake/platform/weights/pixlake-demo.pt
 
 bench: $(STAMP)
 	$(BIN)/python bench/embed_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB) build .pytest_cache

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from pixlake.jobs import embed as embed_job
+from pixlake.jobs import evaluate as evaluate_job
+from pixlake.jobs import train as train_job
 from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
 
 
@@ -23,20 +26,15 @@ def _settings(args: argparse.Namespace):
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.query import check_fingerprint, encode_query, read_image_file, search
-    from pixlake.platform.store import MilvusStore, build_filter
+    from pixlake.platform.query import encode_query, open_collection, read_image_file, search
+    from pixlake.platform.store import build_filter
 
     settings = _settings(args)
     image = read_image_file(args.image) if args.image else None
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained)
     vector = encode_query(encoder, text=args.text, image=image, limits=settings.job.decode)
-    store = MilvusStore(settings.store.db, settings.store.collection)
+    store = open_collection(settings.store.db, settings.store.collection, encoder.fingerprint)
     try:
-        if not store.exists():
-            from pixlake.platform.errors import StoreError
-
-            raise StoreError(f"no collection {settings.store.collection} in {settings.store.db}; run `pixlake embed` first")
-        check_fingerprint(store, encoder.fingerprint)
         hits = search(store, vector, k=args.k, expr=build_filter(args.tenant))
     finally:
         store.close()
@@ -61,22 +59,16 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     import yaml
-    from pydantic import ValidationError
 
-    from pixlake.platform.errors import ConfigError
+    from pixlake.jobs.common import validated
     from pixlake.serve import run
     from pixlake.serve.config import ServeSettings
 
     values = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
     flags = {"db": args.db, "collection": args.collection, "model": args.model, "pretrained": args.pretrained}
-    try:
-        settings = ServeSettings(**{**values, **{k: v for k, v in flags.items() if v is not None}})
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"invalid serve setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    settings = validated(ServeSettings, {**values, **{k: v for k, v in flags.items() if v is not None}})
     settings.api_keys()  # a malformed PIXLAKE_API_KEYS fails here, in one line
     url = run.start(settings, args.host, args.port)
     print(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop", flush=True)
@@ -87,6 +79,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("shutting down", flush=True)
     finally:
         run.stop()
+    return 0
+
+
+def _cmd_corpus(args: argparse.Namespace) -> int:
+    from pixlake.platform.corpus import MANIFEST, write_corpus
+    from pixlake.platform.errors import ConfigError
+
+    if args.n < 1 or not 0 <= args.holdout <= 1:
+        raise ConfigError("--n must be at least 1 and --holdout within [0, 1]")
+    paths = write_corpus(args.out, args.n, seed=args.seed, holdout=args.holdout)
+    print(f"wrote {len(paths)} images to {args.out / 'images'} and the manifest {args.out / MANIFEST}")
     return 0
 
 
@@ -123,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve_p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve_p.set_defaults(func=_cmd_serve)
+
+    corpus = sub.add_parser("corpus", help="write a seeded captioned synthetic corpus (images + Parquet manifest)")
+    corpus.add_argument("--out", type=Path, required=True, help="output directory")
+    corpus.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
+    corpus.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    corpus.add_argument("--holdout", type=float, default=0.2, help="share of rows with split=holdout (default 0.2)")
+    corpus.set_defaults(func=_cmd_corpus)
+
+    train = sub.add_parser("train", help="contrastive training (same as python -m pixlake.jobs.train)")
+    train_job.build_parser(train)
+    train.set_defaults(func=train_job.run)
+
+    evaluate = sub.add_parser("evaluate", help="search-quality evaluation (same as python -m pixlake.jobs.evaluate)")
+    evaluate_job.build_parser(evaluate)
+    evaluate.set_defaults(func=evaluate_job.run)
     return parser
 
 

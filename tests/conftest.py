@@ -33,11 +33,11 @@ def ray_session():
 @pytest.fixture
 def corpus_dir(tmp_path: Path) -> Path:
     """48 distinct synthetic PNG images (seeded)."""
-    from pixlake.platform.synthetic import write_corpus
+    from pixlake.platform.corpus import write_corpus
 
     out = tmp_path / "corpus"
     write_corpus(out, 48, seed=1)
-    return out
+    return out / "images"
 
 
 def tiny_settings(db: Path, **job):

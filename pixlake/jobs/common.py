@@ -35,3 +35,16 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("pixlake: interrupted", file=sys.stderr)
         return 130
+
+
+def validated(model: type, values: dict):
+    """Build a pydantic settings model from flags; the first invalid field becomes a ConfigError."""
+    from pydantic import ValidationError
+
+    from pixlake.platform.errors import ConfigError
+
+    try:
+        return model(**values)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}") from e

@@ -25,6 +25,9 @@ BUNDLED_CONFIGS = Path(__file__).parent / "model_configs"
 # Random weights ("none") are drawn from this seed so every actor of a job, and every
 # re-run, builds the same model and the fingerprint means something.
 RANDOM_WEIGHTS_SEED = 0
+# `--pretrained bundled`: weights shipped in the package (the demo model, see `make demo-model`).
+BUNDLED_TAG = "bundled"
+BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
 _NO_WEIGHTS = {"", "none", "random"}
 
 _registered = False
@@ -127,6 +130,12 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str
 
     if pretrained is None or pretrained.strip().lower() in _NO_WEIGHTS:
         return None
+    if pretrained == BUNDLED_TAG:
+        path = BUNDLED_WEIGHTS / f"{model_name}.pt"
+        if not path.is_file():
+            shipped = ", ".join(sorted(p.stem for p in BUNDLED_WEIGHTS.glob("*.pt"))) or "none"
+            raise ModelError(f"no bundled weights for {model_name} (bundled: {shipped})")
+        return str(path)
     if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")):
         if not Path(pretrained).is_file():
             raise ModelError(f"checkpoint not found: {pretrained}")
@@ -136,7 +145,8 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str
         known = ", ".join(tags) or "none published"
         raise ModelError(
             f"unknown pretrained tag {pretrained!r} for {model_name} (known: {known}); "
-            "or pass a local checkpoint path, or 'none' for random weights"
+            "or pass a local checkpoint path, 'none' for random weights, or use the offline demo model "
+            "(--model pixlake-demo --pretrained bundled)"
         )
     if not _hub_resolves():
         # Without this the hub client retries for about a minute before failing;
@@ -212,10 +222,14 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device)  # copies only if read-only
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            x = ((x - self._mean) / self._std).to(self.dtype)
-            return _normalise(self.model.encode_image(x))
+            return _normalise(self.model.encode_image(self.pixel_tensor(pixels).to(self.dtype)))
+
+    def pixel_tensor(self, pixels: np.ndarray) -> Any:
+        """uint8 (N, H, W, 3) pixels → the model's normalised float32 (N, 3, H, W) input on its device."""
+        import torch
+
+        x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device)  # copies only if read-only
+        return (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         """Embed decoded PIL RGB images; float32 (N, dim), L2-normalised."""

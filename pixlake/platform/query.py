@@ -53,6 +53,23 @@ def check_fingerprint(store: MilvusStore, fingerprint: str) -> None:
         )
 
 
+def open_collection(db: str, collection: str, fingerprint: str) -> MilvusStore:
+    """Open a collection for querying with an encoder of ``fingerprint``; close it when done.
+
+    Raises:
+        StoreError: the collection does not exist or holds another encoder's embeddings.
+    """
+    store = MilvusStore(db, collection)
+    try:
+        if not store.exists():
+            raise StoreError(f"no collection {collection} in {db}; run `pixlake embed` first")
+        check_fingerprint(store, fingerprint)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def search(store: MilvusStore, vector: np.ndarray, k: int = 10, expr: str = "") -> list[dict]:
     """Search the store with a query vector.
 

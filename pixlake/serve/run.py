@@ -21,18 +21,11 @@ def check_model_matches(settings: ServeSettings) -> str:
         ModelError: the encoder cannot be loaded.
     """
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.errors import StoreError
-    from pixlake.platform.query import check_fingerprint
-    from pixlake.platform.store import MilvusStore
+    from pixlake.platform.query import open_collection
 
     fingerprint = load_encoder(settings.model, settings.pretrained, device="cpu").fingerprint
-    store = MilvusStore(settings.db, settings.collection)
-    try:
-        if not store.exists():
-            raise StoreError(f"no collection {settings.collection} in {settings.db}; run `pixlake embed` first")
-        check_fingerprint(store, fingerprint)
-    finally:
-        store.close()  # milvus-lite: the Searcher replica must be the only process holding it
+    # milvus-lite: closed at once, as the Searcher replica must be the only process holding it
+    open_collection(settings.db, settings.collection, fingerprint).close()
     return fingerprint
 
 

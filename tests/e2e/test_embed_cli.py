@@ -84,12 +84,12 @@ def _wal_bytes(db: Path) -> int:
 
 
 def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
-    from pixlake.platform.synthetic import write_corpus
+    from pixlake.platform.corpus import write_corpus
 
     corpus = tmp_path / "big"
     n = len({p.read_bytes() for p in write_corpus(corpus, 1500, seed=11)})  # distinct images
     db = tmp_path / "p.db"
-    args = [sys.executable, "-m", "pixlake.jobs.embed", str(corpus), "--db", str(db), *TINY_FLAGS, "--batch-size", "8"]
+    args = [sys.executable, "-m", "pixlake.jobs.embed", str(corpus / "images"), "--db", str(db), *TINY_FLAGS, "--batch-size", "8"]
     job = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 240

@@ -23,7 +23,7 @@ def _free_port() -> int:
 def served(ray_session, tmp_path_factory):
     """Base URL plus the images of each tenant."""
     from pixlake.platform.pipeline.job import run_embed_job
-    from pixlake.platform.synthetic import write_corpus
+    from pixlake.platform.corpus import write_corpus
     from pixlake.serve import run
     from pixlake.serve.auth import parse_api_keys
     from pixlake.serve.config import ServeSettings

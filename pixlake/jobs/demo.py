@@ -1,0 +1,132 @@
+"""The whole platform on one machine: ``python -m pixlake.jobs.demo`` (what ``make demo`` runs).
+
+1. writes a captioned synthetic corpus the demo model never saw (a different seed);
+2. embeds it with the Ray embed job into milvus-lite;
+3. evaluates search quality through the store (recall@k, precision@k);
+4. starts the Ray Serve app on loopback and runs text, image and text+image queries over HTTP;
+5. shuts everything down and prints the evaluation table (also ``OUT/evaluation.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pixlake.jobs.common import run_main
+
+DEMO_KEY = "demo-key"
+TEXT_QUERIES = ("show me a red star", "find the blue circles", "i am looking for a yellow triangle on a black background")
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    """Flags of the demo."""
+    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.demo", description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path("demo-data"), help="corpus directory (default demo-data)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="reports directory (default demo-output)")
+    parser.add_argument("--db", default="./pixlake.db", help="milvus-lite path (default ./pixlake.db)")
+    parser.add_argument("--n", type=int, default=1000, help="corpus size (default 1000)")
+    parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1; the demo model trained on seed 0)")
+    parser.add_argument("--model", default="pixlake-demo", help="open_clip model (default pixlake-demo)")
+    parser.add_argument("--pretrained", default="bundled", help="weights (default: the bundled demo model)")
+    return parser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _show(title: str, response) -> None:
+    import requests  # noqa: F401  (response is a requests.Response)
+
+    print(f"\n-- {title}  [HTTP {response.status_code}]")
+    body = response.json()
+    if response.status_code != 200:
+        print(f"   {body}")
+        return
+    for rank, hit in enumerate(body["results"], 1):
+        meta = hit["meta"]
+        what = f"{meta.get('count', '')} {meta.get('size', '')} {meta.get('texture', '')} {meta.get('label', '')}"
+        print(f"   {rank}. {hit['score']:.3f}  {Path(hit['source']).name}  {' '.join(what.split())}"
+              f" on {meta.get('background', '?')}")
+    print(f"   ({body['took_ms']:.0f} ms, model {body['model']})")
+
+
+def _http_queries(url: str, image: Path) -> None:
+    import requests
+
+    auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+    for text in TEXT_QUERIES:
+        _show(f'text -> image: "{text}"', requests.post(f"{url}/v1/search", json={"text": text, "k": 5}, headers=auth, timeout=60))
+    with open(image, "rb") as f:
+        upload = requests.post(f"{url}/v1/search/image", files={"file": (image.name, f, "image/png")}, data={"k": "5"},
+                               headers=auth, timeout=60)
+    _show(f"image -> image: {image.name} (it should find itself first, then look-alikes)", upload)
+    mixed = {"text": "a green square", "image": base64.b64encode(image.read_bytes()).decode(),
+             "weights": {"text": 0.5, "image": 0.5}, "k": 5}
+    _show(f'text + image: "a green square" + {image.name}', requests.post(f"{url}/v1/search", json=mixed, headers=auth, timeout=60))
+    _show("a bad key is refused", requests.post(f"{url}/v1/search", json={"text": "x"}, headers={"Authorization": "Bearer nope"}, timeout=60))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; returns the exit code."""
+    import ray
+
+    from pixlake.platform.corpus import MANIFEST, write_corpus
+    from pixlake.platform.evaluation import QUERY_TYPES, evaluate, markdown
+    from pixlake.platform.pipeline.job import run_embed_job
+    from pixlake.platform.settings import load_settings
+    from pixlake.serve import run as serve_run
+    from pixlake.serve.auth import parse_api_keys
+    from pixlake.serve.config import ServeSettings
+
+    started = time.monotonic()
+    settings = load_settings(overrides={"store": {"db": args.db, "collection": "images"},
+                                        "encoder": {"model": args.model, "pretrained": args.pretrained}})
+    print(f"== 1. corpus: {args.n} captioned synthetic images (seed {args.seed}) -> {args.data}")
+    images = write_corpus(args.data, args.n, seed=args.seed, holdout=1.0)  # all unseen by the model: all holdout
+    manifest = args.data / MANIFEST
+
+    print(f"\n== 2. Ray embed job: {manifest} -> {args.db} with {args.model} ({args.pretrained})")
+    print(run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
+        update={"report": args.out / "embed-report.json"})})).summary())
+
+    print("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
+    result = evaluate(str(manifest), settings)
+    metrics = {kind: result[kind] for kind in QUERY_TYPES}
+    table = markdown(metrics, result["queries"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (args.out / "evaluation.md").write_text(table + "\n")
+    print(table)
+
+    print("\n== 4. Ray Serve HTTP API on loopback")
+    serve = ServeSettings(db=args.db, collection="images", model=args.model, pretrained=args.pretrained,
+                          keys=parse_api_keys(f"{DEMO_KEY}:default:search+embed"))
+    try:
+        url = serve_run.start(serve, "127.0.0.1", _free_port())
+        print(f"serving at {url} (OpenAPI at {url}/docs)")
+        _http_queries(url, images[0])
+    finally:
+        serve_run.stop()
+        ray.shutdown()
+
+    print(f"\n== 5. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
+          f"on {result['rows']} unseen images ({args.out / 'evaluation.json'}):\n\n{table}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m pixlake.jobs.demo``."""
+    return run_main(lambda: run(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""`make demo`'s main job at a reduced size, and the bundled demo model's search quality
+through the whole stack (embed job, milvus-lite, the store's query path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pixlake.platform.corpus import write_corpus
+from pixlake.platform.evaluation import evaluate
+from pixlake.platform.settings import load_settings
+
+DEMO = ("pixlake-demo", "bundled")
+
+
+def test_demo_runs_every_piece_and_shuts_down(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pixlake.jobs.demo", "--data", str(tmp_path / "data"), "--out", str(out),
+         "--db", str(tmp_path / "p.db"), "--n", "150"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    for section in ("== 1. corpus", "== 2. Ray embed job", "== 3. evaluation", "== 4. Ray Serve", "== 5. done"):
+        assert section in text
+    assert "embedded    150" in text
+    assert text.count("[HTTP 200]") == 5 and "[HTTP 401]" in text  # 3 text, 1 image, 1 text+image; the bad key
+    image_block = text.split("-- image -> image:")[1]
+    assert "1. 1.000  00000.png" in image_block  # the uploaded image finds itself first
+    metrics = json.loads((out / "evaluation.json").read_text())
+    assert set(metrics) == {"text_to_image", "image_to_image"}
+    assert (out / "embed-report.json").exists() and (out / "evaluation.md").exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_demo_model_meets_the_quality_targets_on_unseen_images(tmp_path):
+    write_corpus(tmp_path / "c", 600, seed=3, holdout=1.0)  # the model trained on seed 0
+    settings = load_settings(overrides={"store": {"db": str(tmp_path / "p.db"), "collection": "evaluation"},
+                                        "encoder": {"model": DEMO[0], "pretrained": DEMO[1]}})
+    result = evaluate(str(tmp_path / "c" / "manifest.parquet"), settings)
+    assert result["rows"] == 600
+    assert result["text_to_image"]["recall@5"] >= 0.9, result
+    assert result["image_to_image"]["precision@5"] >= 0.9, result
