@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import socket
 import sys
 import time
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from pixlake.platform.corpus import MANIFEST, write_corpus
-    from pixlake.platform.evaluation import QUERY_TYPES, evaluate, markdown
+    from pixlake.platform.evaluation import evaluate, save
     from pixlake.platform.pipeline.job import run_embed_job
     from pixlake.platform.settings import load_settings
     from pixlake.serve import run as serve_run
@@ -100,11 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     print("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
     result = evaluate(str(manifest), settings)
-    metrics = {kind: result[kind] for kind in QUERY_TYPES}
-    table = markdown(metrics, result["queries"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (args.out / "evaluation.md").write_text(table + "\n")
+    table = save(result, args.out / "evaluation.json", args.out / "evaluation.md")
     print(table)
 
     print("\n== 4. Ray Serve HTTP API on loopback")

@@ -9,7 +9,6 @@ with ``--json PATH``, as ``{"text_to_image": {...}, "image_to_image": {...}}``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,7 +33,7 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 
 def run(args: argparse.Namespace) -> int:
     """Run the job for parsed flags; returns the exit code."""
-    from pixlake.platform.evaluation import QUERY_TYPES, evaluate, markdown
+    from pixlake.platform.evaluation import evaluate, save
     from pixlake.platform.settings import load_settings
 
     settings = load_settings(
@@ -43,14 +42,7 @@ def run(args: argparse.Namespace) -> int:
          "encoder": {"model": args.model, "pretrained": args.pretrained}},
     )
     result = evaluate(str(args.manifest), settings, split=None if args.split == "all" else args.split, label=args.label)
-    metrics = {kind: result[kind] for kind in QUERY_TYPES}
-    table = markdown(metrics, result["queries"])
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+    table = save(result, args.json, args.markdown)
     print(f"{settings.encoder.model} on {result['rows']} holdout images "
           f"(collection {settings.store.collection}):\n\n{table}")
     return 0

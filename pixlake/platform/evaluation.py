@@ -62,6 +62,22 @@ def markdown(metrics: dict[str, dict[str, float]], queries: Optional[dict[str, i
     return "\n".join(lines)
 
 
+def save(result: dict, json_path: Optional[Path] = None, markdown_path: Optional[Path] = None) -> str:
+    """Write an :func:`evaluate` result as the JSON contract and/or markdown; returns the table.
+
+    The JSON holds exactly ``{"text_to_image": {...}, "image_to_image": {...}}``.
+    """
+    import json
+
+    metrics = {kind: result[kind] for kind in QUERY_TYPES}
+    table = markdown(metrics, result.get("queries"))
+    for path, text in ((json_path, json.dumps(metrics, indent=2)), (markdown_path, table)):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text + "\n")
+    return table
+
+
 def _holdout_rows(manifest: str, split: Optional[str], label: str) -> list[dict]:
     import pyarrow.parquet as pq
 

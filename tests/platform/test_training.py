@@ -21,7 +21,8 @@ def manifest(tmp_path_factory):
 
 
 def _settings(manifest, out, **kw):
-    return TrainSettings(manifest=manifest, out=str(out), model="pixlake-tiny", batch_size=16, lr=1e-3, **kw)
+    kw = {"model": "pixlake-tiny", "batch_size": 16, "lr": 1e-3, **kw}
+    return TrainSettings(manifest=manifest, out=str(out), **kw)
 
 
 def test_loss_falls_and_checkpoint_loads_in_open_clip_and_the_platform(manifest, tmp_path):
@@ -29,14 +30,14 @@ def test_loss_falls_and_checkpoint_loads_in_open_clip_and_the_platform(manifest,
 
     from pixlake.platform.encoder import load_encoder
 
-    report = train(_settings(manifest, tmp_path, epochs=20))
+    report = train(_settings(manifest, tmp_path, epochs=40))
     import pyarrow.parquet as pq
 
     train_rows = [r for r in pq.read_table(manifest).to_pylist() if r["split"] == "train"]
     assert report["pairs"] == len(train_rows) < 80 and report["rejected"] == 0
-    assert len(report["losses"]) == 20
+    assert len(report["losses"]) == 40
     # chance level is ln(batch): every caption equally likely for every image
-    assert report["losses"][-1] < 0.8 * math.log(16) < report["losses"][0], report["losses"]
+    assert report["losses"][-1] < 0.5 * math.log(16) < report["losses"][0], report["losses"]
 
     model, _, _ = open_clip.create_model_and_transforms("pixlake-tiny", pretrained=str(tmp_path / MODEL_FILE))
     trained = torch.load(tmp_path / MODEL_FILE, weights_only=True)["state_dict"]

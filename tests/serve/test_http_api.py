@@ -7,9 +7,12 @@ import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
+
+from pixlake.platform.query import combine
 
 A = {"Authorization": "Bearer ka"}  # acme: search + embed
 B = {"Authorization": "Bearer kb"}  # globex: search
@@ -56,12 +59,16 @@ def test_tenant_isolation_whatever_the_request_says(served):
     assert len(sources) == len(_of(served, "globex"))
 
 
-def test_text_and_combined_search_and_filters(served):
+def test_text_and_combined_search_and_filters(served, tiny_encoder):
     resp = _post(served, "/v1/search", {"text": "a red circle", "k": 3})
     assert resp.status_code == 200 and len(resp.json()["results"]) == 3
-    image = _of(served, "acme")[1]
+    acme = _of(served, "acme")
+    image = acme[1]
     both = _post(served, "/v1/search", {"text": "a red circle", "image": _b64(image), "weights": {"text": 0.1, "image": 0.9}, "k": 1})
-    assert both.status_code == 200 and both.json()["results"][0]["source"] == str(image)
+    # the expected winner, by exact search with the weighted, re-normalised query computed here
+    vectors = tiny_encoder.embed_images([Image.open(p).convert("RGB") for p in acme])
+    query = combine([tiny_encoder.embed_texts(["a red circle"])[0], vectors[1]], [0.1, 0.9])
+    assert both.status_code == 200 and both.json()["results"][0]["source"] == str(acme[int(np.argmax(vectors @ query))])
     filtered = _post(served, "/v1/search", {"text": "a shape", "k": 50, "filter": {"label": "l2"}})
     assert filtered.status_code == 200
     assert {h["meta"]["label"] for h in filtered.json()["results"]} == {"l2"}
