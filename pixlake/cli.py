@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pixlake.jobs import embed as embed_job
+from pixlake.jobs import erase as erase_job
 from pixlake.jobs import evaluate as evaluate_job
+from pixlake.jobs import export as export_job
+from pixlake.jobs import rekey as rekey_job
 from pixlake.jobs import train as train_job
 from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
 
@@ -26,18 +29,17 @@ def _settings(args: argparse.Namespace):
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.query import encode_query, open_collection, read_image_file, search
-    from pixlake.platform.store import build_filter
+    from pixlake.platform.query import encode_query, open_collection, read_image_file
 
     settings = _settings(args)
     image = read_image_file(args.image) if args.image else None
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained)
     vector = encode_query(encoder, text=args.text, image=image, limits=settings.job.decode)
-    store = open_collection(settings.store.db, settings.store.collection, encoder.fingerprint)
+    collection = open_collection(settings, encoder.fingerprint)
     try:
-        hits = search(store, vector, k=args.k, expr=build_filter(args.tenant))
+        hits = collection.search(vector, k=args.k, tenant=args.tenant)
     finally:
-        store.close()
+        collection.close()
     if args.json:
         print(json.dumps(hits))
     else:
@@ -137,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="contrastive training (same as python -m pixlake.jobs.train)")
     train_job.build_parser(train)
     train.set_defaults(func=train_job.run)
+
+    erase = sub.add_parser("erase", help="GDPR erasure of a data subject, with a receipt (same as python -m pixlake.jobs.erase)")
+    erase_job.build_parser(erase)
+    erase.set_defaults(func=erase_job.run)
+
+    export = sub.add_parser("export", help="a data subject's items, decrypted, as JSON (same as python -m pixlake.jobs.export)")
+    export_job.build_parser(export)
+    export.set_defaults(func=export_job.run)
+
+    rekey = sub.add_parser("rekey", help="rotate a tenant's vector key (same as python -m pixlake.jobs.rekey)")
+    rekey_job.build_parser(rekey)
+    rekey.set_defaults(func=rekey_job.run)
 
     evaluate = sub.add_parser("evaluate", help="search-quality evaluation (same as python -m pixlake.jobs.evaluate)")
     evaluate_job.build_parser(evaluate)

@@ -25,6 +25,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--tenant", help="tenant of rows whose source names none (default 'default')")
     parser.add_argument("--report", type=Path, help="write the JSON job report here")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    parser.add_argument("--no-encryption", action="store_true",
+                        help="opt out of vector encryption and source sealing (rows stored in plaintext)")
     return parser
 
 
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             "store": {"db": args.db, "collection": args.collection},
             "encoder": {"model": args.model, "pretrained": args.pretrained},
             "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report},
+            "governance": {"encryption": False if args.no_encryption else None},
         },
     )
     report = run_embed_job(args.source, settings)

@@ -23,3 +23,7 @@ class ModelError(PixlakeError):
 
 class StoreError(PixlakeError):
     """The vector store cannot be opened, written or queried."""
+
+
+class GovernanceError(PixlakeError):
+    """Keys, encryption or erasure cannot proceed (no key source, shredded key, tampered data)."""

@@ -140,14 +140,13 @@ def evaluate(
     """
     from pixlake.platform.corpus import HOLDOUT_TEMPLATES, query_text
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.query import encode_query, open_collection, read_image_file, search
-    from pixlake.platform.store import build_filter
+    from pixlake.platform.query import encode_query, open_collection, read_image_file
 
     rows = _holdout_rows(manifest, split, label)
     stored = _embed_holdout(rows, settings)
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained, settings.encoder.device)
-    store = open_collection(settings.store.db, settings.store.collection, encoder.fingerprint)
-    scope = build_filter(settings.job.tenant)
+    collection = open_collection(settings, encoder.fingerprint)
+    tenant = settings.job.tenant
 
     def relevance(hits: list[dict], want: str) -> list[bool]:
         return [str(h["meta"].get(label)) == want for h in hits]
@@ -157,14 +156,14 @@ def evaluate(
         for value in sorted({str(r[label]) for r in rows}):
             for template in templates or HOLDOUT_TEMPLATES:
                 vector = encode_query(encoder, text=query_text(value, template))
-                text.append(relevance(search(store, vector, k, scope), value))
+                text.append(relevance(collection.search(vector, k, tenant), value))
         image = []
         for row in rows:
             vector = encode_query(encoder, image=read_image_file(Path(row["path"])), limits=settings.job.decode)
-            hits = [h for h in search(store, vector, k + 1, scope) if os.path.realpath(h["source"]) != row["path"]][:k]
+            hits = [h for h in collection.search(vector, k + 1, tenant) if os.path.realpath(h["source"]) != row["path"]][:k]
             image.append(relevance(hits, str(row[label])))
     finally:
-        store.close()
+        collection.close()
     log.info("evaluated %d text and %d image queries over %d rows", len(text), len(image), stored)
     return {"text_to_image": score(text), "image_to_image": score(image),
             "queries": {"text_to_image": len(text), "image_to_image": len(image)}, "rows": stored}

@@ -1,16 +1,21 @@
-"""Query path shared by the CLI and the Serve app: encode a query, search, shape hits."""
+"""Query path shared by the CLI, the Serve app and the evaluation: encode a query,
+search (decrypt and re-rank), shape hits."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pixlake.platform.encoder import Encoder
 from pixlake.platform.errors import ConfigError, SourceError, StoreError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
-from pixlake.platform.store import MilvusStore
+from pixlake.platform import records as R
+from pixlake.platform.governance.service import Governance
+from pixlake.platform.settings import Settings
+from pixlake.platform.store import MilvusStore, build_filter
+from pixlake.platform.store import literal as _quote
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -53,37 +58,88 @@ def check_fingerprint(store: MilvusStore, fingerprint: str) -> None:
         )
 
 
-def open_collection(db: str, collection: str, fingerprint: str) -> MilvusStore:
-    """Open a collection for querying with an encoder of ``fingerprint``; close it when done.
+class QueryCollection:
+    """A collection opened for querying: the store, and the governance that decrypts it.
+
+    With encryption on, a query is encrypted with the tenant key, Milvus returns
+    ``rerank_factor × k`` ciphertext candidates, and they are decrypted here (the trusted
+    service) and re-ranked by exact similarity to the plaintext query.
+    """
+
+    def __init__(self, store: MilvusStore, governance: Governance):
+        self.store = store
+        self.governance = governance
+
+    def search(self, vector: np.ndarray, k: int = 10, tenant: str = "default",
+               meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
+        """Search one tenant's rows.
+
+        Args:
+            vector: normalised plaintext query vector.
+            k: number of hits.
+            tenant: the tenant searched (queries never cross tenants).
+            meta: structured metadata filter (see :func:`~pixlake.platform.store.build_filter`).
+
+        Returns:
+            Hits ``{"id", "source", "score", "meta"}``, best first.
+        """
+        vector = np.asarray(vector, np.float32)
+        expr = build_filter(tenant, meta)
+        gov = self.governance
+        fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
+        hits = self.store.search([gov.encrypt_query(tenant, vector)], k=k * gov.settings.rerank_factor,
+                                 filter=expr, output_fields=fields)[0]
+        rows = gov.reveal(tenant, hits)
+        for r in rows:
+            r["score"] = float(np.dot(r[R.VECTOR], vector))  # exact cosine: both are unit vectors
+        rows.sort(key=lambda r: -r["score"])
+        return [{"id": r[R.ID], "source": r[R.SOURCE], "score": round(r["score"], 6), "meta": r[R.META]} for r in rows[:k]]
+
+    def read(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None) -> list[dict]:
+        """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),
+        decrypted: exact ``vector``, opened ``source`` and ``meta``. Export, re-keying and
+        re-indexing read the Milvus rows through this: there is no second copy."""
+        expr = build_filter(tenant, meta)
+        if subject is not None:
+            expr += f" and {R.SUBJECT} == {_quote(subject)}"
+        fields = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
+        return self.governance.reveal(tenant, self.store.query(expr, fields))
+
+    def describe(self) -> dict:
+        """The store's description plus how the rows are protected."""
+        return {**self.store.describe(), "encryption": self.governance.encryption}
+
+    def close(self) -> None:
+        """Close the store and the key store."""
+        try:
+            self.store.close()
+        finally:
+            self.governance.close()
+
+
+def open_collection(settings: Settings, fingerprint: str) -> QueryCollection:
+    """Open the configured collection for querying with an encoder of ``fingerprint``; close it when done.
 
     Raises:
         StoreError: the collection does not exist or holds another encoder's embeddings.
+        ConfigError, GovernanceError: no key source for an encrypted store.
     """
-    store = MilvusStore(db, collection)
+    db, collection = settings.store.db, settings.store.collection
+    governance = Governance.open(settings)
+    try:
+        store = MilvusStore(db, collection)
+    except BaseException:
+        governance.close()
+        raise
+    opened = QueryCollection(store, governance)
     try:
         if not store.exists():
             raise StoreError(f"no collection {collection} in {db}; run `pixlake embed` first")
         check_fingerprint(store, fingerprint)
     except BaseException:
-        store.close()
+        opened.close()
         raise
-    return store
-
-
-def search(store: MilvusStore, vector: np.ndarray, k: int = 10, expr: str = "") -> list[dict]:
-    """Search the store with a query vector.
-
-    Args:
-        store: the collection.
-        vector: normalised query vector.
-        k: number of hits.
-        expr: a filter from :func:`~pixlake.platform.store.build_filter` (never client text).
-
-    Returns:
-        Hits ``{"id", "source", "score", "meta"}``, best first.
-    """
-    hits = store.search([vector], k=k, filter=expr)[0]
-    return [{"id": h["id"], "source": h["source"], "score": round(h["score"], 6), "meta": h["meta"]} for h in hits]
+    return opened
 
 
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -76,6 +76,32 @@ class JobSettings(BaseModel):
     decode: DecodeLimits = Field(default_factory=DecodeLimits, description="safe-decode caps")
 
 
+class GovernanceSettings(BaseModel):
+    """Vector encryption, sealed sources and keys (DESIGN.md "Governance")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encryption: bool = Field(
+        True, description="encrypt vectors and seal sources; false only with the explicit --no-encryption opt-out"
+    )
+    beta: float = Field(1.0, gt=0, le=8, description="approximation factor of the vector encryption (noise radius beta/4)")
+    rerank_factor: int = Field(
+        5, ge=1, le=100, description="the store fetches rerank_factor x k ciphertext candidates and re-ranks them exactly"
+    )
+    key_dir: Optional[Path] = Field(
+        None,
+        description="directory of the key store, erasure ledger and audit log; default <db>.governance beside a "
+        "milvus-lite file, required for a Milvus server",
+    )
+    sensitive_meta: list[str] = Field(
+        default_factory=list, description="metadata fields sealed under the subject key (not filterable)"
+    )
+    key_cache_size: int = Field(10_000, ge=0, description="subject data keys a serving process keeps in memory")
+    owned_sources: list[Path] = Field(
+        default_factory=list, description="folders whose images pixlake owns: `erase --purge-sources` deletes there only"
+    )
+
+
 class Settings(BaseSettings):
     """All pixlake settings. Build with :func:`load_settings`."""
 
@@ -84,6 +110,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     job: JobSettings = Field(default_factory=JobSettings)
+    governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
 
     @classmethod
     def settings_customise_sources(

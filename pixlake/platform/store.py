@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, PixlakeError, StoreError
@@ -88,7 +88,8 @@ def choose_index(backend: str) -> IndexChoice:
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 
 
-def _literal(value: Any) -> str:
+def literal(value: Any) -> str:
+    """A Milvus expression literal for a scalar, escaped."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -116,7 +117,7 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
     """
     parts = []
     if tenant is not None:
-        parts.append(f"{R.TENANT} == {_literal(tenant)}")
+        parts.append(f"{R.TENANT} == {literal(tenant)}")
     for key, value in (meta or {}).items():
         if not _META_KEY.match(key):
             raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")
@@ -126,9 +127,9 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
             # everywhere, and the brackets keep it from widening the surrounding `and`.
             if not value:
                 raise ConfigError(f"filter key {key!r}: empty list matches nothing")
-            parts.append("(" + " or ".join(f"{field} == {_literal(v)}" for v in value) + ")")
+            parts.append("(" + " or ".join(f"{field} == {literal(v)}" for v in value) + ")")
         else:
-            parts.append(f"{field} == {_literal(value)}")
+            parts.append(f"{field} == {literal(value)}")
     return " and ".join(parts)
 
 
@@ -235,7 +236,7 @@ class MilvusStore:
         if have_dim != dim:
             raise StoreError(f"collection {self.collection} holds {have_dim}-d vectors, the encoder makes {dim}-d")
         other = self._client.query(
-            self.collection, filter=f"{R.MODEL} != {_literal(model)}", output_fields=[R.MODEL], limit=1
+            self.collection, filter=f"{R.MODEL} != {literal(model)}", output_fields=[R.MODEL], limit=1
         )
         if other:
             raise StoreError(
@@ -291,7 +292,7 @@ class MilvusStore:
         ids = list(ids)
         if not ids:
             return set()
-        expr = f"{R.ID} in [{', '.join(_literal(i) for i in ids)}] and {R.MODEL} == {_literal(model)}"
+        expr = f"{R.ID} in [{', '.join(literal(i) for i in ids)}] and {R.MODEL} == {literal(model)}"
         rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID])
         return {r[R.ID] for r in rows}
 
@@ -328,6 +329,26 @@ class MilvusStore:
         return [[{"id": h["id"], "score": float(h["distance"]), **h["entity"]} for h in hits] for hits in res]
 
     @_store_errors
+    def query(self, filter: str, output_fields: Sequence[str]) -> list[dict]:
+        """Every row matching ``filter`` (read with Strong consistency), with ``output_fields``."""
+        return [row for page in self.pages(filter, output_fields) for row in page]
+
+    def pages(self, filter: str, output_fields: Sequence[str], size: int = 1000) -> Iterator[list[dict]]:
+        """Rows matching ``filter`` in pages of ``size`` (bounded memory over any collection)."""
+        if not self.exists():
+            return
+        try:
+            iterator = self._client.query_iterator(self.collection, batch_size=size, filter=filter,
+                                                   output_fields=list(output_fields), consistency_level="Strong")
+            while page := iterator.next():
+                yield page
+            iterator.close()
+        except PixlakeError:
+            raise
+        except Exception as e:
+            raise StoreError(f"query on {self.collection} in {self.uri} failed: {e}") from e
+
+    @_store_errors
     def count(self, filter: str = "") -> int:
         """Rows matching ``filter`` (all rows when empty), read with Strong consistency."""
         if not self.exists():
@@ -352,6 +373,38 @@ class MilvusStore:
                 raise ConfigError("delete with an empty filter would erase the collection; drop it instead")
             self._client.delete(self.collection, filter=filter)
         return before - self.count()
+
+    @_store_errors
+    def collections(self) -> list[str]:
+        """Every pixlake collection in this database (those with the record schema)."""
+        names = []
+        for name in self._client.list_collections():
+            fields = {f["name"] for f in self._client.describe_collection(name)["fields"]}
+            if {R.SUBJECT, R.KEY_ID, R.VECTOR} <= fields:
+                names.append(name)
+        return sorted(names)
+
+    def compact(self) -> str:
+        """Flush and compact, so deleted rows leave the sealed segments; returns what happened.
+
+        milvus-lite has no segments to compact and reports so; a server compacts in the
+        background (this returns once compaction is scheduled and finished, or times out).
+        """
+        try:
+            self._client.flush(self.collection)
+            job = self._client.compact(self.collection)
+        except Exception as e:  # milvus-lite: not implemented
+            return f"not_supported: {str(e).splitlines()[0][:120]}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if str(self._client.get_compaction_state(job)).lower().endswith("completed"):
+                return "done"
+            time.sleep(0.5)
+        return "scheduled"
+
+    def for_collection(self, collection: str) -> "MilvusStore":
+        """Another collection of the same database (a new store; close it when done)."""
+        return MilvusStore(self.uri, collection)
 
     @_store_errors
     def drop(self) -> None:

@@ -1,28 +1,30 @@
-"""The store as a Ray actor, so pipeline tasks on any worker can read and write it.
+"""Owner actors: the store and the governance of a job, each as one Ray actor, so pipeline
+tasks on any worker can reach them.
 
 milvus-lite holds an exclusive lock on its data directory, so exactly one process may
-open it: the actor is that process, pinned to the driver's node (where the file is).
+open it: the store actor is that process, pinned to the driver's node (where the file is).
 A Milvus server takes many clients, but one actor per job is still far from the
-bottleneck: it moves vectors, the encoders do the work.
+bottleneck: it moves vectors, the encoders do the work. The governance actor owns the
+local key store and ledger (files on the driver's node) and hands keys to the stages.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pixlake.platform.store import LITE, MilvusStore, backend_of
 
 
-class _StoreActor:
-    def __init__(self, uri: str, collection: str):
-        self.store = MilvusStore(uri, collection)
+class _Owner:
+    def __init__(self, factory: Callable[..., Any], *args: Any):
+        self.obj = factory(*args)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.store, method)(*args, **kwargs)
+        return getattr(self.obj, method)(*args, **kwargs)
 
 
-class StoreProxy:
-    """A picklable handle whose methods run on the store actor (``proxy.upsert(rows)``)."""
+class ActorProxy:
+    """A picklable handle whose methods run on the owner actor (``proxy.upsert(rows)``)."""
 
     def __init__(self, actor: Any):
         self.actor = actor
@@ -35,7 +37,7 @@ class StoreProxy:
         return lambda *args, **kwargs: ray.get(self.actor.call.remote(method, *args, **kwargs))
 
     def shutdown(self) -> None:
-        """Close the store and end the actor, releasing milvus-lite's lock."""
+        """Close the owned object and end the actor (releasing milvus-lite's lock)."""
         import ray
 
         try:
@@ -44,29 +46,60 @@ class StoreProxy:
             ray.kill(self.actor)
 
 
-def start_store_actor(uri: str, collection: str) -> StoreProxy:
-    """Start the actor that owns the store for one job (Ray must be initialised).
+StoreProxy = ActorProxy  # the store's handle, as the stages' docstrings name it
+
+
+def start_owner_actor(factory: Callable[..., Any], *args: Any, pin_to_driver: bool, probe: str) -> ActorProxy:
+    """Start an actor owning ``factory(*args)`` (Ray must be initialised).
+
+    Args:
+        pin_to_driver: run on the driver's node (the owned files are there).
+        probe: a cheap method called once, so a constructor failure surfaces now.
 
     Raises:
-        StoreError: the store cannot be opened (raised from the actor's constructor).
+        PixlakeError: the constructor's own error (the store cannot be opened, no key source...).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1}
-    if backend_of(uri) == LITE:
+    if pin_to_driver:
         node = ray.get_runtime_context().get_node_id()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    actor = ray.remote(_StoreActor).options(**options).remote(uri, collection)
-    proxy = StoreProxy(actor)
+    actor = ray.remote(_Owner).options(**options).remote(factory, *args)
+    proxy = ActorProxy(actor)
     try:
-        proxy.exists()  # surfaces a constructor failure (locked, unwritable) now
+        getattr(proxy, probe)()
     except ray.exceptions.RayActorError as e:
         import re
 
-        from pixlake.platform.errors import StoreError
+        from pixlake.platform import errors
 
         cause = e.cause if getattr(e, "cause", None) is not None else e
         last = str(cause).strip().splitlines()[-1]  # the constructor's own error line
-        raise StoreError(re.sub(r"^[\w.]+(Error|Exception): ", "", last)) from e
+        match = re.match(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$", last)
+        kind = getattr(errors, match.group(1), errors.StoreError) if match else errors.StoreError
+        if not (isinstance(kind, type) and issubclass(kind, errors.PixlakeError)):
+            kind = errors.StoreError
+        raise kind(match.group(2) if match else last) from e
     return proxy
+
+
+def start_store_actor(uri: str, collection: str) -> ActorProxy:
+    """Start the actor that owns the store for one job.
+
+    Raises:
+        StoreError: the store cannot be opened (raised from the actor's constructor).
+    """
+    return start_owner_actor(MilvusStore, uri, collection, pin_to_driver=backend_of(uri) == LITE, probe="exists")
+
+
+def start_governance_actor(settings: Any) -> ActorProxy:
+    """Start the actor that owns the job's governance (keys, deny-list, audit).
+
+    Raises:
+        ConfigError, GovernanceError: no key source, or a key store that does not open.
+    """
+    from pixlake.platform.governance.service import Governance
+
+    return start_owner_actor(Governance.open, settings, pin_to_driver=True, probe="settings_json")

@@ -31,6 +31,9 @@ from pixlake.serve.schemas import (
     CollectionsResponse,
     EmbedRequest,
     EmbedResponse,
+    ErasureAccepted,
+    ErasureReceipt,
+    ErasureRequest,
     ErrorBody,
     SearchRequest,
     SearchResponse,
@@ -174,10 +177,11 @@ class Ingress:
         if collection is not None and collection != self.settings.collection:
             raise ApiError(404, "unknown_collection", f"collection {collection!r} is not served here")
         try:
-            expr = build_filter(principal.tenant, filter)  # the key's tenant, whatever the request says
+            build_filter(principal.tenant, filter)  # reject a bad filter here, as a 422
         except PixlakeError as e:
             raise ApiError(422, "invalid_request", f"filter: {e}") from e
-        return await self.searcher.search.remote(vector, k, expr)
+        # the key's tenant, whatever the request says
+        return await self.searcher.search.remote(vector, k, principal.tenant, filter)
 
     def _respond(self, hits: list[dict], started: float) -> SearchResponse:
         took_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -222,7 +226,26 @@ class Ingress:
         """Served collections with row counts, encoder fingerprint and index type."""
         self._principal(request, "search")
         d = await self.searcher.describe.remote()
-        return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], rows=d["rows"], model=d["model"], index_type=d["index_type"])])
+        return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], rows=d["rows"], model=d["model"],
+                                                               index_type=d["index_type"], encryption=d["encryption"])])
+
+    @api.post("/v1/erasures", status_code=202, response_model=ErasureAccepted, responses=_ERRORS)
+    @observed("/v1/erasures")
+    async def erase(self, body: ErasureRequest, request: Request) -> ErasureAccepted:
+        """Erase a data subject of the key's tenant everywhere (runs in the background; poll the receipt)."""
+        principal = self._principal(request, "erase")
+        erasure_id = await self.searcher.start_erasure.remote(principal.tenant, body.subject)
+        return ErasureAccepted(erasure_id=erasure_id, status="accepted")
+
+    @api.get("/v1/erasures/{erasure_id}", response_model=ErasureReceipt, responses=_ERRORS)
+    @observed("/v1/erasures/{id}")
+    async def erasure(self, erasure_id: str, request: Request) -> ErasureReceipt:
+        """The receipt of an erasure of the key's tenant."""
+        principal = self._principal(request, "erase")
+        receipt = await self.searcher.erasure_receipt.remote(principal.tenant, erasure_id)
+        if receipt is None:
+            raise ApiError(404, "not_found", f"no erasure {erasure_id} in this tenant")
+        return ErasureReceipt(**receipt)
 
     @api.get("/healthz", responses=_ERRORS)
     async def healthz(self) -> dict:
@@ -272,6 +295,6 @@ def build_app(args: dict) -> Any:
     ingress = Ingress.options(ray_actor_options={"num_cpus": 0.1})
     return ingress.bind(
         encoder.bind(settings.model, settings.pretrained),
-        searcher.bind(settings.db, settings.collection),
+        searcher.bind(settings.platform_settings()),
         settings.model_dump(mode="json"),
     )

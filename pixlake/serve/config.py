@@ -6,6 +6,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixlake.platform.settings import GovernanceSettings, Settings, load_settings
 from pixlake.serve.auth import ApiKeyRecord, keys_from_env
 
 
@@ -24,6 +25,13 @@ class ServeSettings(BaseModel):
     max_image_pixels: int = Field(50_000_000, gt=0, description="decoded pixel cap (413 above)")
     rate_per_s: float = Field(50.0, gt=0, description="requests per second per key (429 above)")
     rate_burst: int = Field(100, gt=0, description="burst allowance per key")
+    governance: GovernanceSettings = Field(default_factory=GovernanceSettings, description="keys, encryption, re-rank")
+
+    def platform_settings(self) -> Settings:
+        """The platform settings of the served store (for the query path)."""
+        return load_settings(overrides={"store": {"db": self.db, "collection": self.collection},
+                                        "encoder": {"model": self.model, "pretrained": self.pretrained},
+                                        "governance": self.governance.model_dump(exclude_unset=True)})
 
     def api_keys(self) -> list[ApiKeyRecord]:
         """Keys from the config plus those in ``PIXLAKE_API_KEYS`` (quick starts and tests)."""

@@ -54,26 +54,61 @@ class QueryEncoder:
 
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class Searcher:
-    """Owns the store. On milvus-lite exactly one replica may exist (one process per database)."""
+    """Owns the store and the governance that decrypts and re-ranks its candidates.
+    On milvus-lite exactly one replica may exist (one process per database)."""
 
-    def __init__(self, db: str, collection: str):
+    def __init__(self, settings: Any):
+        from pixlake.platform.governance.service import Governance
+        from pixlake.platform.query import QueryCollection
         from pixlake.platform.store import MilvusStore
 
-        self.store = MilvusStore(db, collection)
+        self.collection = QueryCollection(MilvusStore(settings.store.db, settings.store.collection), Governance.open(settings))
+        self.owned_sources = settings.governance.owned_sources
 
-    def search(self, vector: np.ndarray, k: int, expr: str) -> list[dict]:
-        """Hits for one query vector under a filter built by the ingress."""
-        from pixlake.platform.query import search
+    def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:
+        """Hits for one query vector in one tenant, under a structured metadata filter."""
+        return self.collection.search(vector, k=k, tenant=tenant, meta=meta)
 
-        return search(self.store, vector, k=k, expr=expr)
+    def start_erasure(self, tenant: str, subject: str) -> str:
+        """Start (or resume) the erasure of a raw subject id; it runs on a thread here,
+        the process that owns the store. Returns the erasure id."""
+        import threading
+
+        eraser = self._eraser()
+        erasure_id, _ = eraser.start(tenant, subject)
+        threading.Thread(target=self._run_erasure, args=(eraser, erasure_id), daemon=True).start()
+        return erasure_id
+
+    def _eraser(self):
+        from pixlake.platform.governance.erasure import Eraser
+
+        return Eraser(self.collection.store, self.collection.governance, self.owned_sources)
+
+    @staticmethod
+    def _run_erasure(eraser, erasure_id: str) -> None:
+        try:
+            eraser.run(erasure_id)
+        except Exception:  # recorded in the ledger; a new request for the subject resumes it
+            log.exception("erasure %s failed", erasure_id)
+            eraser.governance.ledger.record(erasure_id, "error", 0, "failed")
+
+    def erasure_receipt(self, tenant: str, erasure_id: str) -> Optional[dict]:
+        """The receipt of one of the tenant's erasures, or None."""
+        from pixlake.platform.errors import GovernanceError
+
+        try:
+            receipt = self._eraser().receipt(erasure_id)
+        except GovernanceError:
+            return None
+        return receipt if receipt["tenant"] == tenant else None
 
     def describe(self) -> dict:
-        """Name, rows, model fingerprint, index type."""
-        return self.store.describe()
+        """Name, rows, model fingerprint, index type, encryption."""
+        return self.collection.describe()
 
     def ready(self) -> bool:
         """Whether Milvus answers and the collection exists."""
         try:
-            return self.store.exists()
+            return self.collection.store.exists()
         except Exception:  # readiness reports, never raises
             return False

@@ -25,7 +25,7 @@ def check_model_matches(settings: ServeSettings) -> str:
 
     fingerprint = load_encoder(settings.model, settings.pretrained, device="cpu").fingerprint
     # milvus-lite: closed at once, as the Searcher replica must be the only process holding it
-    open_collection(settings.db, settings.collection, fingerprint).close()
+    open_collection(settings.platform_settings(), fingerprint).close()
     return fingerprint
 
 

@@ -91,10 +91,48 @@ class CollectionInfo(BaseModel):
     rows: int
     model: Optional[str]
     index_type: Optional[str]
+    encryption: bool = Field(description="vectors encrypted and sources sealed")
 
 
 class CollectionsResponse(BaseModel):
     collections: list[CollectionInfo]
+
+
+class ErasureRequest(BaseModel):
+    """Body of ``POST /v1/erasures``: the data subject to erase from the key's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(min_length=1, max_length=512, description="the subject id, as given to the embed job")
+
+
+class ErasureAccepted(BaseModel):
+    """An erasure was accepted and runs in the background."""
+
+    erasure_id: str
+    status: str = Field(description="accepted")
+
+
+class ErasureStep(BaseModel):
+    """One completed step of an erasure."""
+
+    name: str
+    status: str
+    count: int
+    at: str
+
+
+class ErasureReceipt(BaseModel):
+    """An erasure's receipt (pseudonyms, counts and timestamps; no personal data)."""
+
+    erasure_id: str
+    subject: str = Field(description="the subject's pseudonym")
+    tenant: str
+    requested_at: str
+    completed_at: Optional[str]
+    status: str = Field(description="in_progress, completed or failed (a new request resumes it)")
+    steps: list[ErasureStep]
+    verified: bool = Field(description="a Strong-consistency count found no row of the subject")
 
 
 class ErrorBody(BaseModel):

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from pixlake.platform.store import MilvusStore
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_ENV
 
 BIN = Path(sys.executable).parent
 TINY_FLAGS = ["--model", TINY[0], "--pretrained", TINY[1]]
 
 
 def _env() -> dict:
-    env = dict(os.environ)
+    env = {**os.environ, **TINY_ENV}
     env.pop("RAY_ADDRESS", None)
     return env
 

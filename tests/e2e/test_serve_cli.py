@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_ENV
 
 BIN = Path(sys.executable).parent
 
@@ -49,7 +49,7 @@ def _alive(pids: list) -> list:
 
 
 def test_serve_prints_url_answers_and_stops_on_ctrl_c(corpus_dir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV}
     db = str(tmp_path / "p.db")
     flags = ["--db", db, "--model", TINY[0], "--pretrained", TINY[1]]
     embed = subprocess.run([str(BIN / "pixlake"), "embed", str(corpus_dir), *flags], capture_output=True, text=True,

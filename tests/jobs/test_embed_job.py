@@ -13,15 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from pixlake.platform.pipeline.job import run_embed_job
-from pixlake.platform.store import MilvusStore, build_filter
+from pixlake.platform.query import QueryCollection, open_collection
+from pixlake.platform.store import build_filter
 from tests.badinputs import write_bad_input_corpus
 from tests.conftest import tiny_settings
 
 REPORT_KEYS = {"run_id", "model", "source", "embedded", "skipped", "rejected", "rejections", "seconds", "images_per_s"}
 
 
-def _open(db: Path) -> MilvusStore:
-    return MilvusStore(str(db), "images")
+def _collection(db: Path, fingerprint: str) -> QueryCollection:
+    """The collection through the query path: decrypted and re-ranked."""
+    return open_collection(tiny_settings(db), fingerprint)
 
 
 def test_folder_job_embeds_everything_and_an_image_finds_itself(ray_session, corpus_dir, tmp_path, tiny_encoder):
@@ -38,18 +40,18 @@ def test_folder_job_embeds_everything_and_an_image_finds_itself(ray_session, cor
     assert saved["embedded"] == 48 and saved["model"] == tiny_encoder.fingerprint
     assert saved["collection_count"] == 48
 
-    store = _open(db)
+    collection = _collection(db, tiny_encoder.fingerprint)
     try:
-        assert store.count() == 48
+        assert collection.store.count() == 48
         from PIL import Image
 
         for path in images[:5]:
             vector = tiny_encoder.embed_images([Image.open(path).convert("RGB")])[0]
-            hits = store.search([vector], k=3, filter=build_filter("default"))[0]
+            hits = collection.search(vector, k=3, tenant="default")
             assert hits[0]["source"] == str(path)
             assert hits[0]["score"] > 0.999
     finally:
-        store.close()
+        collection.close()
 
 
 def test_rerun_embeds_nothing_and_keeps_the_count(ray_session, corpus_dir, tmp_path):
@@ -97,22 +99,25 @@ def test_parquet_with_inline_bytes_subjects_tenants_and_metadata(ray_session, co
     report = run_embed_job(str(tmp_path / "rows.parquet"), tiny_settings(tmp_path / "p.db"))
     assert report.embedded == 12
 
-    store = _open(tmp_path / "p.db")
+    collection = _collection(tmp_path / "p.db", tiny_encoder.fingerprint)
     try:
+        store = collection.store
         assert store.count(build_filter("acme")) == 6
         assert store.count(build_filter("globex", {"label": "l2"})) == 3
-        rows = store._client.query("images", filter=build_filter("acme"), output_fields=["subject", "meta", "source"])
-        assert all(r["subject"] and "person" not in r["subject"] for r in rows)  # pseudonyms, never raw ids
-        assert {r["meta"]["rank"] for r in rows} == {1, 3, 5, 7, 9, 11}
-        assert all(r["source"].startswith("sha256:") for r in rows)
+        raw = store.query(build_filter("acme"), ["subject", "meta", "source"])
+        assert all(r["subject"] and "person" not in r["subject"] for r in raw)  # pseudonyms, never raw ids
+        assert {r["meta"]["rank"] for r in raw} == {1, 3, 5, 7, 9, 11}  # plaintext metadata stays filterable
+        assert all(r["source"].startswith("v1.") for r in raw)  # sealed
+        rows = collection.read("acme")
+        assert len(rows) == 6 and all(r["source"].startswith("content:") for r in rows)  # opened
         # A tenant's search never returns another tenant's rows.
         from PIL import Image
 
         vector = tiny_encoder.embed_images([Image.open(images[0]).convert("RGB")])[0]  # images[0] is globex
-        hits = store.search([vector], k=12, filter=build_filter("acme"))[0]
+        hits = collection.search(vector, k=12, tenant="acme")
         assert len(hits) == 6 and hits[0]["score"] < 0.999999
     finally:
-        store.close()
+        collection.close()
 
 
 def test_webdataset_shards(ray_session, corpus_dir, tmp_path):
@@ -128,13 +133,13 @@ def test_webdataset_shards(ray_session, corpus_dir, tmp_path):
                     tar.addfile(info, io.BytesIO(data))
     report = run_embed_job(str(shards), tiny_settings(tmp_path / "p.db"))
     assert report.embedded == 10 and report.rejected == 0
-    store = _open(tmp_path / "p.db")
+    collection = _collection(tmp_path / "p.db", report.model)
     try:
-        assert store.count(build_filter(meta={"label": 1})) == 5
-        rows = store._client.query("images", filter="", output_fields=["source"], limit=10)
-        assert all(".tar#k" in r["source"] for r in rows)
+        assert collection.store.count(build_filter(meta={"label": 1})) == 5
+        rows = collection.read("default")
+        assert len(rows) == 10 and all(".tar#k" in r["source"] for r in rows)
     finally:
-        store.close()
+        collection.close()
 
 
 def test_job_embeddings_equal_open_clip_called_directly(ray_session, corpus_dir, tmp_path):
@@ -160,12 +165,12 @@ def test_job_embeddings_equal_open_clip_called_directly(ray_session, corpus_dir,
 
     settings = tiny_settings(tmp_path / "p.db")
     settings.encoder.pretrained = str(ckpt)
-    run_embed_job(str(photo), settings)
-    store = _open(tmp_path / "p.db")
+    report = run_embed_job(str(photo), settings)
+    collection = _collection(tmp_path / "p.db", report.model)
     try:
-        rows = {r["source"]: np.array(r["vector"]) for r in store._client.query("images", filter="", output_fields=["source", "vector"], limit=10)}
+        rows = {r["source"]: np.array(r["vector"]) for r in collection.read("default")}  # decrypted
     finally:
-        store.close()
+        collection.close()
     assert len(rows) == 3
     for path in sorted(photo.glob("*.jpg")):
         with torch.no_grad():

@@ -12,12 +12,13 @@ import pytest
 
 from pixlake.platform.corpus import write_corpus
 from pixlake.platform.evaluation import KS, QUERY_TYPES
+from tests.conftest import TINY_ENV
 
 BIN = Path(sys.executable).parent
 
 
 def _run(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TINY, tiny_settings
+from tests.conftest import TINY, TINY_BETA, tiny_settings
 
-KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search"
+KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
+ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
 
 
 def _free_port() -> int:
@@ -31,8 +32,12 @@ def served(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     images = write_corpus(root / "images", 40, seed=7)
     tenants = ["acme" if i % 2 == 0 else "globex" for i in range(len(images))]
+    extra = write_corpus(root / "initech", 2, seed=99)
+    n = len(images)
     pq.write_table(
-        pa.table({"path": [str(p) for p in images], "tenant": tenants, "label": [f"l{i % 4}" for i in range(len(images))]}),
+        pa.table({"path": [str(p) for p in [*images, *extra, extra[0]]], "tenant": [*tenants, *["initech"] * ERASABLE],
+                  "label": [f"l{i % 4}" for i in range(n + ERASABLE)],
+                  "subject": [None] * n + ["erase-me", "erase-me", "keep-me"]}),
         root / "rows.parquet",
     )
     db = root / "p.db"
@@ -40,7 +45,8 @@ def served(ray_session, tmp_path_factory):
     settings = ServeSettings(
         db=str(db), collection="images", model=TINY[0], pretrained=TINY[1], keys=parse_api_keys(KEYS),
         rate_per_s=0.5, rate_burst=150, max_body_bytes=2_000_000, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
+        governance={"beta": TINY_BETA},
     )
     url = run.start(settings, "127.0.0.1", _free_port())
-    yield {"url": url, "images": images, "tenants": tenants}
+    yield {"url": url, "images": images, "tenants": tenants, "initech": extra}
     run.stop()

@@ -1,6 +1,7 @@
 """Compose the stages into one Ray Data pipeline and run it.
 
-read → load → skip → decode (CPU tasks) → embed (actor pool) → write (datasink) → report
+read → load → skip (deny-list, already embedded) → decode (CPU tasks) → embed (actor pool)
+→ protect (encrypt, seal) → write (datasink; deny-list again) → report
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from pixlake.platform.encoder import load_encoder
+from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.load import LoadItems
+from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
 from pixlake.platform.pipeline.sources import read_items, resolve_source
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
-from pixlake.platform.store_actor import start_store_actor
+from pixlake.platform.store_actor import start_governance_actor, start_store_actor
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
@@ -35,6 +38,15 @@ def init_ray() -> None:
 
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+
+
+def protection(settings: Settings) -> str:
+    """One line on how the rows are protected (the report's ``protection``)."""
+    g = settings.governance
+    if not g.encryption:
+        return "NONE: vectors and sources stored in plaintext (--no-encryption)"
+    return (f"vectors encrypted (scale-and-perturb, beta {g.beta}, re-rank x{g.rerank_factor}); sources sealed "
+            "(AES-256-GCM, per-subject keys)")
 
 
 def run_embed_job(source: str, settings: Settings) -> JobReport:
@@ -59,15 +71,22 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
     # second. The model is checked and loaded (the driver needs its fingerprint and
     # preprocessing) while Ray and the store actor start: both take seconds.
     check_db_location(settings.store.db)
+    prepare_governance(settings)
     resolved = resolve_source(source)
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
         init_ray()
-        store = start_store_actor(settings.store.db, settings.store.collection)
+        governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
+        try:
+            store = start_store_actor(settings.store.db, settings.store.collection)
+        except BaseException:
+            governance.shutdown()
+            raise
         try:
             encoder = loading.result()
         except BaseException:
             store.shutdown()
+            governance.shutdown()
             raise
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
     del encoder, loading  # the driver needs only these; the actors load their own copy
@@ -79,8 +98,9 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
-            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes), batch_format="pyarrow", batch_size=STAGE_BATCH)
-            .map_batches(SkipExisting(store, fingerprint), batch_format="pyarrow", batch_size=STAGE_BATCH)
+            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
+                                batch_format="pyarrow", batch_size=STAGE_BATCH)
+            .map_batches(SkipExisting(store, fingerprint, governance), batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(DecodeImages(preprocess, settings.job.decode), batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(
                 EmbedImages,
@@ -100,12 +120,14 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                 # actor, so decode tasks overlap the forward pass as on a GPU cluster.
                 num_cpus=1 if gpus else 0.5,
             )
+            .map_batches(ProtectRows(governance, dim), batch_format="pyarrow", batch_size=settings.job.batch_size)
         )
-        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed)
+        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance)
         pipeline.write_datasink(sink)
         count = store.count()
     finally:
         store.shutdown()
+        governance.shutdown()
     seconds = time.monotonic() - started
     totals = sink.totals
     report = JobReport(
@@ -119,6 +141,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         index_note=index.reason,
         embedded=totals.get("embedded", 0),
         skipped=totals.get("skipped", 0),
+        erased=totals.get("erased", 0),
         rejected=totals.get("rejected", 0),
         rejections=totals.get("rejections", []),
         seconds=round(seconds, 3),
@@ -127,6 +150,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         started_at=started_at,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         device="cuda" if gpus else "cpu",
+        protection=protection(settings),
     )
     if settings.job.report is not None:
         report.write(settings.job.report)

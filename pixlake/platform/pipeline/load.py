@@ -1,4 +1,9 @@
-"""Load stage: fetch each item's bytes, hash them and give the row its deterministic id."""
+"""Load stage: fetch each item's bytes, hash them and give the row its deterministic id.
+
+The subject pseudonym and the content hash are keyed under the tenant's identity key
+(from the governance actor), so neither a raw subject id nor a probe-able plain hash of
+the image reaches the store.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform import records as R
+from pixlake.platform.governance.cipher import keyed_hash
 from pixlake.platform.images import content_hash
 from pixlake.platform.pipeline.rows import OK, rejected, table
 
@@ -20,12 +26,23 @@ class LoadItems:
     Args:
         default_tenant: tenant of items whose source names none.
         max_bytes: files larger than this are rejected without being read.
+        governance: the job's governance actor proxy.
     """
 
-    def __init__(self, default_tenant: str, max_bytes: int):
+    def __init__(self, default_tenant: str, max_bytes: int, governance: Any):
         self.default_tenant = default_tenant
         self.max_bytes = max_bytes
+        self.governance = governance
         self._filesystems: dict[str, Any] = {}
+        self._identity: dict[str, bytes] = {}
+
+    def _identify(self, tenant: str, subject: str, data: bytes) -> tuple[str, str]:
+        """(subject pseudonym, keyed content hash); an item with no subject is its own."""
+        if tenant not in self._identity:
+            self._identity[tenant] = self.governance.identity_key(tenant)
+        key = self._identity[tenant]
+        digest = keyed_hash(key, content_hash(data).encode(), "content")
+        return keyed_hash(key, (subject or R.item_subject(digest)).encode(), "subject"), digest
 
     def _read(self, location: str) -> bytes:
         import pyarrow.fs as pafs
@@ -63,10 +80,9 @@ class LoadItems:
                 except (OSError, ValueError) as e:
                     out.append(rejected(row, f"unreadable: {e}"))
                     continue
-            digest = content_hash(data)
-            subject = R.pseudonym(tenant, item["subject"] or R.item_subject(digest))
+            subject, digest = self._identify(tenant, item["subject"], data)
             row.update(id=R.row_id(tenant, subject, digest), subject=subject, content_hash=digest, image=data)
-            row["source"] = row["source"] or f"sha256:{digest}"
+            row["source"] = row["source"] or f"content:{digest}"
             out.append(row)
         return table(out, [("image", pa.binary())])
 

@@ -23,6 +23,7 @@ class JobReport:
     index_note: str
     embedded: int = 0
     skipped: int = 0
+    erased: int = 0
     rejected: int = 0
     rejections: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -31,6 +32,7 @@ class JobReport:
     started_at: str = ""
     finished_at: str = ""
     device: str = ""
+    protection: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (keys include the contract: run_id, model, source,
@@ -49,8 +51,9 @@ class JobReport:
             f"  source      {self.source}",
             f"  model       {self.model} on {self.device}",
             f"  store       {self.collection} in {self.db} ({self.backend}, index {self.index_type}: {self.index_note})",
+            f"  protection  {self.protection}",
             f"  embedded    {self.embedded}",
-            f"  skipped     {self.skipped} (already embedded or repeated)",
+            f"  skipped     {self.skipped} (already embedded or repeated; {self.erased} of erased subjects)",
             f"  rejected    {self.rejected}",
         ]
         by_code = Counter(r["reason"].split(":", 1)[0] for r in self.rejections)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 OK, SKIPPED, REJECTED = "ok", "skipped", "rejected"
+ERASED = "erased subject"  # the skip reason of rows whose subject is on the deny-list
 
 # Columns every stage after load passes on; each stage adds its payload column
 # (image → pixels → vector) and drops the previous one, so blocks stay small.

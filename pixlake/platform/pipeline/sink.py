@@ -1,16 +1,23 @@
 """Write stage: a Ray Data datasink that upserts embedded rows into Milvus in batches
-and returns, per write task, what it wrote, skipped and rejected."""
+and returns, per write task, what it wrote, skipped and rejected.
+
+The deny-list is consulted again around every write: rows of a subject denied before the
+write are dropped, and rows of a subject denied while the write ran are deleted again.
+An erasure adds its subject to the deny-list before it deletes, so either its delete sees
+the row or this re-check sees the denial: a run in flight never brings a subject back.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from typing import Any, Iterable
 
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from pixlake.platform import records as R
-from pixlake.platform.pipeline.rows import OK, REJECTED, SKIPPED
+from pixlake.platform.pipeline.rows import ERASED, OK, REJECTED, SKIPPED
 
 WRITE_BATCH_ROWS = 512
 
@@ -25,8 +32,8 @@ def to_record(row: dict, model: str) -> dict:
         R.SOURCE: row["source"],
         R.MODEL: model,
         R.META: json.loads(row["meta"] or "{}"),
-        R.NONCE: "",  # set by vector encryption once governance lands
-        R.KEY_ID: "",
+        R.NONCE: row["nonce"],
+        R.KEY_ID: row["key_id"],
         R.VECTOR: [float(x) for x in row["vector"]],
     }
 
@@ -38,10 +45,12 @@ class MilvusDatasink(Datasink):
         store: a :class:`~pixlake.platform.store_actor.StoreProxy`.
         model: encoder fingerprint written into every row.
         max_rejections_listed: rejections kept one by one (counts stay exact).
+        governance: the governance actor proxy (deny-list).
     """
 
-    def __init__(self, store, model: str, max_rejections_listed: int):
+    def __init__(self, store, model: str, max_rejections_listed: int, governance):
         self.store = store
+        self.governance = governance
         self.model = model
         self.max_rejections_listed = max_rejections_listed
         self.totals: dict[str, Any] = {}
@@ -51,7 +60,7 @@ class MilvusDatasink(Datasink):
         return WRITE_BATCH_ROWS
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
-        result = {"embedded": 0, "skipped": 0, "rejected": 0, "rejections": []}
+        result = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": []}
         pending: list[dict] = []
         for block in blocks:
             for row in BlockAccessor.for_block(block).to_arrow().to_pylist():
@@ -59,6 +68,7 @@ class MilvusDatasink(Datasink):
                     pending.append(to_record(row, self.model))
                 elif row["status"] == SKIPPED:
                     result["skipped"] += 1
+                    result["erased"] += row["reason"] == ERASED
                 elif row["status"] == REJECTED:
                     result["rejected"] += 1
                     if len(result["rejections"]) < self.max_rejections_listed:
@@ -69,16 +79,30 @@ class MilvusDatasink(Datasink):
         self._flush(pending, result)
         return result
 
+    def _denied(self, records: list[dict]) -> set[tuple[str, str]]:
+        subjects: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            subjects[r[R.TENANT]].add(r[R.SUBJECT])
+        return {(t, s) for t, subs in subjects.items() for s in self.governance.denied(t, sorted(subs))}
+
     def _flush(self, records: list[dict], result: dict) -> None:
+        if not records:
+            return
+        denied = self._denied(records)
+        allowed = [r for r in records if (r[R.TENANT], r[R.SUBJECT]) not in denied]
         # Identical images in different blocks share an id; only the first counts as embedded.
-        written = self.store.insert_missing(records, self.model) if records else 0
+        written = self.store.insert_missing(allowed, self.model) if allowed else 0
+        late = self._denied(allowed)  # denied while we wrote: take those rows back out
+        taken_back = self.store.delete(ids=[r[R.ID] for r in allowed if (r[R.TENANT], r[R.SUBJECT]) in late]) if late else 0
+        written -= taken_back
         result["embedded"] += written
         result["skipped"] += len(records) - written
+        result["erased"] += len(records) - len(allowed) + taken_back
 
     def on_write_complete(self, write_result) -> None:
-        totals = {"embedded": 0, "skipped": 0, "rejected": 0, "rejections": []}
+        totals = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": []}
         for r in write_result.write_returns:
-            for key in ("embedded", "skipped", "rejected"):
+            for key in ("embedded", "skipped", "erased", "rejected"):
                 totals[key] += r[key]
             totals["rejections"].extend(r["rejections"])
         totals["rejections"] = totals["rejections"][: self.max_rejections_listed]

@@ -179,7 +179,7 @@ class ParquetRows:
             location = self.resolved.uri(path) if path and "://" not in path else path
             items.append(
                 {
-                    "source": _str(row.get("source")) or location,  # load fills "sha256:..." if empty
+                    "source": _str(row.get("source")) or location,  # load fills "content:<keyed hash>" if empty
                     "path": location if not image else "",
                     "image": image,
                     "subject": _str(row.get("subject")),

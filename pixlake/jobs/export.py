@@ -1,0 +1,60 @@
+"""Data-portability export of one subject: ``python -m pixlake.jobs.export --subject ID [--tenant T]``.
+
+Decrypts the subject's rows in every collection of the database (there is no other copy)
+and writes JSON: items with source, metadata, encoder fingerprint and the exact embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pixlake.jobs.common import add_store_flags, run_main
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    """Flags of the export (also mounted as ``pixlake export``)."""
+    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.export", description=__doc__)
+    parser.add_argument("--subject", required=True, help="the data subject's id, as given to the embed job")
+    parser.add_argument("--tenant", default="default", help="the subject's tenant (default 'default')")
+    parser.add_argument("--out", type=Path, help="write the JSON here (default: standard output)")
+    add_store_flags(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export; returns the exit code."""
+    from pixlake.platform.governance.portability import export_subject
+    from pixlake.platform.governance.service import Governance
+    from pixlake.platform.settings import load_settings
+    from pixlake.platform.store import MilvusStore
+
+    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
+    governance = Governance.open(settings)
+    try:
+        store = MilvusStore(settings.store.db, settings.store.collection)
+        try:
+            export = export_subject(store, governance, args.tenant, args.subject)
+        finally:
+            store.close()
+    finally:
+        governance.close()
+    text = json.dumps(export, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+        print(f"exported {sum(len(v) for v in export['collections'].values())} items to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m pixlake.jobs.export``."""
+    return run_main(lambda: run(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The governance facade every path goes through: identities, protection, reveal, deny-list.
+
+One :class:`Governance` per process (a job's governance actor, a Serve replica, a CLI
+command) opens the key store, the erasure ledger and the audit log in the governance
+directory. Jobs reach it through a Ray actor; stages then encrypt locally with the keys
+it hands out, so the crypto work spreads over the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from pixlake.platform import records as R
+from pixlake.platform.errors import ConfigError
+from pixlake.platform.governance.audit import AuditLog
+from pixlake.platform.governance.cipher import VectorCipher, associated_data, keyed_hash, new_nonces, seal, unseal
+from pixlake.platform.governance.keys import LocalKeyService, load_master_key
+from pixlake.platform.governance.ledger import Ledger
+from pixlake.platform.settings import GovernanceSettings, Settings
+from pixlake.platform.store import LITE, backend_of
+
+log = logging.getLogger(__name__)
+SEALED_META = "_sealed"  # meta key holding the sealed sensitive fields
+# Pseudonyms and keyed content hashes must survive rotation of the vector key, so they
+# come from a key namespace of their own that is never rotated.
+_IDENTITY = "identity\0"
+
+
+def governance_dir(settings: Settings) -> Path:
+    """Where the key store, ledger and audit log live.
+
+    Raises:
+        ConfigError: a Milvus server deployment names no directory.
+    """
+    if settings.governance.key_dir is not None:
+        return Path(settings.governance.key_dir).expanduser().resolve()
+    db = settings.store.db
+    if backend_of(db) == LITE:
+        path = Path(db).expanduser().resolve()
+        return path.parent / f"{path.stem}.governance"
+    raise ConfigError(
+        f"--db {db} is a Milvus server: set governance.key_dir (PIXLAKE_GOVERNANCE__KEY_DIR) to the key store's "
+        "directory and supply the master key with PIXLAKE_MASTER_KEY or PIXLAKE_MASTER_KEY_FILE"
+    )
+
+
+def prepare(settings: Settings) -> Path:
+    """Check (or, on milvus-lite, create) the key source before any work starts; says so
+    on stderr when it creates a master key.
+
+    Returns:
+        The governance directory.
+
+    Raises:
+        ConfigError: a server deployment without a key directory or master key.
+    """
+    key_dir = governance_dir(settings)
+    _, where = load_master_key(key_dir, create=backend_of(settings.store.db) == LITE)
+    if where.startswith("created"):
+        print(f"pixlake: {where}", file=sys.stderr)
+    return key_dir
+
+
+def nonce_field(version: int, beta: float, nonce: bytes) -> str:
+    """The row's ``nonce`` field: tenant key version, the beta the noise was drawn with (so
+    decryption never depends on the reader's settings) and the noise nonce."""
+    return f"{version}:{beta!r}:{nonce.hex()}"
+
+
+def parse_nonce(value: str) -> tuple[int, float, bytes]:
+    """Inverse of :func:`nonce_field`."""
+    version, beta, nonce = value.split(":")
+    return int(version), float(beta), bytes.fromhex(nonce)
+
+
+class Governance:
+    """Keys, ciphers, deny-list and audit of one governance directory.
+
+    Args:
+        key_dir: the governance directory.
+        settings: governance settings.
+        server: True for a Milvus server deployment, which never creates a master key by itself.
+    """
+
+    def __init__(self, key_dir: Path, settings: GovernanceSettings, server: bool = False):
+        self.dir = Path(key_dir)
+        self.settings = settings
+        master, where = load_master_key(self.dir, create=not server)
+        if where.startswith("created"):
+            log.warning("pixlake: %s", where)
+        self.audit = AuditLog(self.dir / "audit.jsonl")
+        self.keys = LocalKeyService(self.dir / "keys.sqlite", master, self.audit)
+        self.ledger = Ledger(self.dir / "ledger.sqlite")
+        self._ciphers: dict[tuple[str, int, float, int], VectorCipher] = {}
+        self._data_keys: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (tenant, key_id) -> key, LRU
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Governance":
+        """Open the governance of the configured store (creating a local master key on
+        first use for milvus-lite; a server deployment must supply one)."""
+        return cls(governance_dir(settings), settings.governance, server=backend_of(settings.store.db) != LITE)
+
+    def settings_json(self) -> dict:
+        """The governance settings (the stages' copy; also the actor's liveness probe)."""
+        return self.settings.model_dump(mode="json")
+
+    def close(self) -> None:
+        """Close the key store."""
+        self.keys.close()
+
+    @property
+    def encryption(self) -> bool:
+        """Whether vectors are encrypted and sources sealed."""
+        return self.settings.encryption
+
+    # --- identities ------------------------------------------------------------------------
+
+    def identity_key(self, tenant: str) -> bytes:
+        """The tenant's secret for pseudonyms and keyed content hashes (never rotated)."""
+        return self.keys.tenant_key(_IDENTITY + tenant, 1)[1]
+
+    def tenant_key(self, tenant: str, version: Optional[int] = None) -> tuple[int, bytes]:
+        """The tenant's vector key (current version by default)."""
+        return self.keys.tenant_key(tenant, version)
+
+    def pseudonym(self, tenant: str, subject: str) -> str:
+        """HMAC pseudonym of a raw subject id under the tenant's identity key."""
+        return keyed_hash(self.identity_key(tenant), subject.encode(), "subject")
+
+    def denied(self, tenant: str, pseudonyms: Sequence[str]) -> set[str]:
+        """Pseudonyms on the tenant's erasure deny-list."""
+        return self.ledger.denied(tenant, pseudonyms) if pseudonyms else set()
+
+    def data_keys(self, tenant: str, pseudonyms: Sequence[str], create: bool = True) -> dict[str, tuple[str, bytes]]:
+        """Subject data keys; denied or shredded subjects get none (and never a new one)."""
+        allowed = sorted(set(pseudonyms) - self.denied(tenant, pseudonyms))
+        return self.keys.data_keys(tenant, allowed, create=create) if allowed else {}
+
+    # --- vectors and sources -----------------------------------------------------------------
+
+    def cipher(self, tenant: str, dim: int, version: Optional[int] = None,
+               beta: Optional[float] = None) -> tuple[int, VectorCipher]:
+        """The vector cipher of a tenant key version (current by default) and beta (the setting by default)."""
+        version, key = self.tenant_key(tenant, version)
+        beta = self.settings.beta if beta is None else beta
+        cache_key = (tenant, version, beta, dim)
+        if cache_key not in self._ciphers:
+            self._ciphers[cache_key] = VectorCipher(key, dim, beta)
+        return version, self._ciphers[cache_key]
+
+    def encrypt_query(self, tenant: str, vector: np.ndarray) -> np.ndarray:
+        """Encrypt a query vector with the tenant key (fresh noise)."""
+        if not self.encryption:
+            return vector
+        _, cipher = self.cipher(tenant, len(vector))
+        return cipher.encrypt_query(np.asarray(vector, np.float32)[None])[0]
+
+    def _keys_by_id(self, tenant: str, key_ids: Sequence[str]) -> dict[str, bytes]:
+        found, missing = {}, []
+        for key_id in set(key_ids):
+            if (tenant, key_id) in self._data_keys:
+                self._data_keys.move_to_end((tenant, key_id))
+                found[key_id] = self._data_keys[(tenant, key_id)]
+            else:
+                missing.append(key_id)
+        if missing:
+            fetched = self.keys.keys_by_id(tenant, missing)
+            found.update(fetched)
+            for key_id, key in fetched.items():
+                self._data_keys[(tenant, key_id)] = key
+            while len(self._data_keys) > self.settings.key_cache_size:
+                self._data_keys.popitem(last=False)
+        return found
+
+    def forget(self, tenant: str, key_ids: Sequence[str]) -> None:
+        """Drop cached data keys (of an erased subject)."""
+        for key_id in key_ids:
+            self._data_keys.pop((tenant, key_id), None)
+
+    def reveal(self, tenant: str, rows: Sequence[dict]) -> list[dict]:
+        """Decrypt stored rows of one tenant: exact vectors, opened sources and sealed metadata.
+
+        Rows of denied subjects, or whose data key is gone (shredded), are dropped: they
+        belong to an erasure in progress. Rows need ``id``, ``subject``, ``nonce``,
+        ``key_id``, ``vector``, ``source`` and ``meta``.
+        """
+        if not rows:
+            return []
+        denied = self.denied(tenant, [r[R.SUBJECT] for r in rows])
+        if denied:  # an erasure is under way: its keys must not outlive it in this cache
+            self.forget(tenant, [r[R.KEY_ID] for r in rows if r[R.SUBJECT] in denied])
+        rows = [r for r in rows if r[R.SUBJECT] not in denied]
+        if not self.encryption and not any(r[R.KEY_ID] for r in rows):
+            return [dict(r) for r in rows]
+        keys = self._keys_by_id(tenant, [r[R.KEY_ID] for r in rows])
+        rows = [r for r in rows if r[R.KEY_ID] in keys]
+        out = []
+        groups: dict[tuple[int, float], list[int]] = {}  # rows by (key version, beta)
+        parsed = [parse_nonce(r[R.NONCE]) for r in rows]
+        for i, (version, beta, _) in enumerate(parsed):
+            groups.setdefault((version, beta), []).append(i)
+        vectors: dict[int, np.ndarray] = {}
+        for (version, beta), idx in groups.items():
+            stored = np.asarray([rows[i][R.VECTOR] for i in idx], np.float32)
+            _, cipher = self.cipher(tenant, stored.shape[1], version, beta)
+            plain = cipher.decrypt(stored, [keys[rows[i][R.KEY_ID]] for i in idx], [parsed[i][2] for i in idx])
+            vectors.update(zip(idx, plain))
+        for i, r in enumerate(rows):
+            key = keys[r[R.KEY_ID]]
+            aad = associated_data(r[R.ID], tenant, r[R.KEY_ID])
+            meta = dict(r.get(R.META) or {})
+            if SEALED_META in meta:
+                meta.update(json.loads(unseal(meta.pop(SEALED_META), key, aad)))
+            out.append({**r, R.VECTOR: vectors[i], R.SOURCE: unseal(r[R.SOURCE], key, aad), R.META: meta})
+        return out
+
+
+def protect_rows(rows: list[dict], version: int, cipher: VectorCipher, keys: dict[str, tuple[str, bytes]],
+                 sensitive: Sequence[str]) -> list[dict]:
+    """Encrypt the vectors and seal the sources (and sensitive metadata) of store records of one tenant.
+
+    Args:
+        rows: store records (``vector`` plaintext, ``meta`` a dict); every subject must be in ``keys``.
+        version, cipher: the tenant key version and its cipher.
+        keys: pseudonym -> (key_id, data key).
+        sensitive: metadata fields to seal.
+
+    Returns:
+        New records with ``vector``, ``source``, ``meta``, ``nonce`` and ``key_id`` protected.
+    """
+    if not rows:
+        return []
+    nonces = new_nonces(len(rows))
+    data_keys = [keys[r[R.SUBJECT]][1] for r in rows]
+    vectors = cipher.encrypt(np.asarray([r[R.VECTOR] for r in rows], np.float32), data_keys, nonces)
+    out = []
+    for r, vector, nonce, key in zip(rows, vectors, nonces, data_keys):
+        key_id = keys[r[R.SUBJECT]][0]
+        aad = associated_data(r[R.ID], r[R.TENANT], key_id)
+        meta = dict(r[R.META])
+        secret = {f: meta.pop(f) for f in sensitive if f in meta}
+        if secret:
+            meta[SEALED_META] = seal(json.dumps(secret), key, aad)
+        out.append({**r, R.VECTOR: [float(x) for x in vector], R.SOURCE: seal(r[R.SOURCE], key, aad), R.META: meta,
+                    R.NONCE: nonce_field(version, cipher.beta, nonce), R.KEY_ID: key_id})
+    return out
+

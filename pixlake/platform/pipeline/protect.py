@@ -1,0 +1,66 @@
+"""Protect stage: encrypt each vector (searchable, scale-and-perturb) and seal each source
+and sensitive metadata under the subject's data key (DESIGN.md "Governance").
+
+Keys come from the governance actor once per batch and tenant; the encryption itself runs
+here, spread over the cluster's tasks. A subject erased since the read-time check gets no
+key, and its rows stop here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pixlake.platform.governance.cipher import VectorCipher
+from pixlake.platform.governance.service import protect_rows
+from pixlake.platform.pipeline.rows import ERASED, OK, SKIPPED, table
+
+
+class ProtectRows:
+    """Callable stage: ``vector`` → protected ``vector`` plus ``nonce`` and ``key_id``.
+
+    Args:
+        governance: the governance actor proxy.
+        dim: embedding dimension.
+    """
+
+    def __init__(self, governance: Any, dim: int):
+        self.governance = governance
+        self.dim = dim
+        self.settings = governance.settings_json()
+        self._ciphers: dict[str, tuple[int, VectorCipher]] = {}
+
+    def _cipher(self, tenant: str) -> tuple[int, VectorCipher]:
+        if tenant not in self._ciphers:
+            version, key = self.governance.tenant_key(tenant)
+            self._ciphers[tenant] = (version, VectorCipher(key, self.dim, self.settings["beta"]))
+        return self._ciphers[tenant]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for r in rows:
+            r["nonce"], r["key_id"] = "", ""
+        if self.settings["encryption"]:
+            by_tenant: dict[str, list[dict]] = defaultdict(list)
+            for r in rows:
+                if r["status"] == OK:
+                    by_tenant[r["tenant"]].append(r)
+            for tenant, group in by_tenant.items():
+                self._protect(tenant, group)
+        return table(rows, [("vector", pa.list_(pa.float32(), self.dim)), ("nonce", pa.string()), ("key_id", pa.string())])
+
+    def _protect(self, tenant: str, group: list[dict]) -> None:
+        keys = self.governance.data_keys(tenant, sorted({r["subject"] for r in group}))
+        for r in group:
+            if r["subject"] not in keys:
+                r["status"], r["reason"] = SKIPPED, ERASED
+        group = [r for r in group if r["status"] == OK]
+        version, cipher = self._cipher(tenant)
+        records = [{**r, "meta": json.loads(r["meta"] or "{}")} for r in group]
+        for r, p in zip(group, protect_rows(records, version, cipher, keys, self.settings["sensitive_meta"])):
+            r.update(vector=np.asarray(p["vector"], np.float32), source=p["source"], meta=json.dumps(p["meta"]),
+                     nonce=p["nonce"], key_id=p["key_id"])
