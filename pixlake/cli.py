@@ -136,25 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--holdout", type=float, default=0.2, help="share of rows with split=holdout (default 0.2)")
     corpus.set_defaults(func=_cmd_corpus)
 
-    train = sub.add_parser("train", help="contrastive training (same as python -m pixlake.jobs.train)")
-    train_job.build_parser(train)
-    train.set_defaults(func=train_job.run)
-
-    erase = sub.add_parser("erase", help="GDPR erasure of a data subject, with a receipt (same as python -m pixlake.jobs.erase)")
-    erase_job.build_parser(erase)
-    erase.set_defaults(func=erase_job.run)
-
-    export = sub.add_parser("export", help="a data subject's items, decrypted, as JSON (same as python -m pixlake.jobs.export)")
-    export_job.build_parser(export)
-    export.set_defaults(func=export_job.run)
-
-    rekey = sub.add_parser("rekey", help="rotate a tenant's vector key (same as python -m pixlake.jobs.rekey)")
-    rekey_job.build_parser(rekey)
-    rekey.set_defaults(func=rekey_job.run)
-
-    evaluate = sub.add_parser("evaluate", help="search-quality evaluation (same as python -m pixlake.jobs.evaluate)")
-    evaluate_job.build_parser(evaluate)
-    evaluate.set_defaults(func=evaluate_job.run)
+    jobs = [
+        ("train", train_job, "contrastive training"),
+        ("erase", erase_job, "GDPR erasure of a data subject, with a receipt"),
+        ("export", export_job, "a data subject's items, decrypted, as JSON"),
+        ("rekey", rekey_job, "rotate a tenant's vector key"),
+        ("evaluate", evaluate_job, "search-quality evaluation"),
+    ]
+    for name, job, summary in jobs:  # each is also `python -m pixlake.jobs.<name>`
+        command = sub.add_parser(name, help=f"{summary} (same as python -m pixlake.jobs.{name})")
+        job.build_parser(command)
+        command.set_defaults(func=job.run)
     return parser
 
 

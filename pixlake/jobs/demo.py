@@ -4,7 +4,9 @@
 2. embeds it with the Ray embed job into milvus-lite;
 3. evaluates search quality through the store (recall@k, precision@k);
 4. starts the Ray Serve app on loopback and runs text, image and text+image queries over HTTP;
-5. shuts everything down and prints the evaluation table (also ``OUT/evaluation.json``).
+5. erases the data subject of the query image over HTTP and shows its receipt and that its
+   images are gone from search;
+6. shuts everything down and prints the evaluation table (also ``OUT/evaluation.json``).
 """
 
 from __future__ import annotations
@@ -74,8 +76,30 @@ def _http_queries(url: str, image: Path) -> None:
     _show("a bad key is refused", requests.post(f"{url}/v1/search", json={"text": "x"}, headers={"Authorization": "Bearer nope"}, timeout=60))
 
 
+def _erasure(url: str, image: Path, subject: str) -> None:
+    """Erase the query image's subject over HTTP, print the receipt, search again."""
+    import requests
+
+    auth = {"Authorization": f"Bearer {DEMO_KEY}"}
+    accepted = requests.post(f"{url}/v1/erasures", json={"subject": subject}, headers=auth, timeout=60)
+    print(f"\n-- erase subject {subject!r}  [HTTP {accepted.status_code}] {accepted.json()}")
+    erasure_id, deadline = accepted.json()["erasure_id"], time.monotonic() + 120
+    while (receipt := requests.get(f"{url}/v1/erasures/{erasure_id}", headers=auth, timeout=60).json())["status"] == "in_progress":
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    print(f"   receipt: {receipt['status']}, verified {receipt['verified']}, subject pseudonym {receipt['subject'][:12]}…")
+    for step in receipt["steps"]:
+        print(f"     {step['name']:<14} {step['status']:<14} {step['count']:>4}")
+    with open(image, "rb") as f:
+        again = requests.post(f"{url}/v1/search/image", files={"file": (image.name, f, "image/png")}, data={"k": "5"},
+                              headers=auth, timeout=60)
+    _show(f"image -> image again: {image.name} (its subject is erased: it must not come back)", again)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
+    import pyarrow.parquet as pq
     import ray
 
     from pixlake.platform.corpus import MANIFEST, write_corpus
@@ -104,16 +128,18 @@ def run(args: argparse.Namespace) -> int:
 
     print("\n== 4. Ray Serve HTTP API on loopback")
     serve = ServeSettings(db=args.db, collection="images", model=args.model, pretrained=args.pretrained,
-                          keys=parse_api_keys(f"{DEMO_KEY}:default:search+embed"))
+                          keys=parse_api_keys(f"{DEMO_KEY}:default:search+embed+erase"))
     try:
         url = serve_run.start(serve, "127.0.0.1", _free_port())
         print(f"serving at {url} (OpenAPI at {url}/docs)")
         _http_queries(url, images[0])
+        print("\n== 5. GDPR erasure over HTTP")
+        _erasure(url, images[0], pq.read_table(manifest, columns=["subject"]).column(0)[0].as_py())
     finally:
         serve_run.stop()
         ray.shutdown()
 
-    print(f"\n== 5. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
+    print(f"\n== 6. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
           f"on {result['rows']} unseen images ({args.out / 'evaluation.json'}):\n\n{table}")
     return 0
 

@@ -30,22 +30,14 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 def run(args: argparse.Namespace) -> int:
     """Run (or resume) the erasure; returns the exit code."""
     from pixlake.platform.governance.erasure import Eraser
-    from pixlake.platform.governance.service import Governance
+    from pixlake.platform.governance.service import open_governed_store
     from pixlake.platform.settings import load_settings
-    from pixlake.platform.store import MilvusStore
 
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    governance = Governance.open(settings)
-    try:
-        store = MilvusStore(settings.store.db, settings.store.collection)
-        try:
-            eraser = Eraser(store, governance, settings.governance.owned_sources)
-            erasure_id, resumed = eraser.start(args.tenant, args.subject, args.purge_sources)
-            receipt = eraser.run(erasure_id)
-        finally:
-            store.close()
-    finally:
-        governance.close()
+    with open_governed_store(settings) as (store, governance):
+        eraser = Eraser(store, governance, settings.governance.owned_sources)
+        erasure_id, resumed = eraser.start(args.tenant, args.subject, args.purge_sources)
+        receipt = eraser.run(erasure_id)
     if args.json:
         print(json.dumps(receipt, indent=2))
     else:

@@ -28,20 +28,12 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 def run(args: argparse.Namespace) -> int:
     """Export; returns the exit code."""
     from pixlake.platform.governance.portability import export_subject
-    from pixlake.platform.governance.service import Governance
+    from pixlake.platform.governance.service import open_governed_store
     from pixlake.platform.settings import load_settings
-    from pixlake.platform.store import MilvusStore
 
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    governance = Governance.open(settings)
-    try:
-        store = MilvusStore(settings.store.db, settings.store.collection)
-        try:
-            export = export_subject(store, governance, args.tenant, args.subject)
-        finally:
-            store.close()
-    finally:
-        governance.close()
+    with open_governed_store(settings) as (store, governance):
+        export = export_subject(store, governance, args.tenant, args.subject)
     text = json.dumps(export, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

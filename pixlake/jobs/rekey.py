@@ -25,20 +25,12 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
 def run(args: argparse.Namespace) -> int:
     """Re-key; returns the exit code."""
     from pixlake.platform.governance.portability import rekey
-    from pixlake.platform.governance.service import Governance
+    from pixlake.platform.governance.service import open_governed_store
     from pixlake.platform.settings import load_settings
-    from pixlake.platform.store import MilvusStore
 
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    governance = Governance.open(settings)
-    try:
-        store = MilvusStore(settings.store.db, settings.store.collection)
-        try:
-            print(json.dumps(rekey(store, governance, args.tenant)))
-        finally:
-            store.close()
-    finally:
-        governance.close()
+    with open_governed_store(settings) as (store, governance):
+        print(json.dumps(rekey(store, governance, args.tenant)))
     return 0
 
 

@@ -27,12 +27,17 @@ def test_demo_runs_every_piece_and_shuts_down(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
-    for section in ("== 1. corpus", "== 2. Ray embed job", "== 3. evaluation", "== 4. Ray Serve", "== 5. done"):
+    for section in ("== 1. corpus", "== 2. Ray embed job", "== 3. evaluation", "== 4. Ray Serve", "== 5. GDPR erasure",
+                    "== 6. done"):
         assert section in text
-    assert "embedded    150" in text
-    assert text.count("[HTTP 200]") == 5 and "[HTTP 401]" in text  # 3 text, 1 image, 1 text+image; the bad key
-    image_block = text.split("-- image -> image:")[1]
-    assert "1. 1.000  00000.png" in image_block  # the uploaded image finds itself first
+    assert "embedded    150" in text and "protection  vectors encrypted" in text
+    # 3 text, 1 image, 1 text+image, the image again after the erasure; the bad key
+    assert text.count("[HTTP 200]") == 6 and "[HTTP 401]" in text and "[HTTP 202]" in text
+    before = text.split("-- image -> image:")[1].split("\n--")[0]
+    assert "1. 1.000  00000.png" in before  # the uploaded image finds itself first
+    assert "receipt: completed, verified True" in text
+    after = text.split("-- image -> image again:")[1].split("==")[0].split("\n", 1)[1]
+    assert "1." in after and "00000.png" not in after  # erased: its own image no longer finds it
     metrics = json.loads((out / "evaluation.json").read_text())
     assert set(metrics) == {"text_to_image", "image_to_image"}
     assert (out / "embed-report.json").exists() and (out / "evaluation.md").exists()

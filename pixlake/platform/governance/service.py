@@ -12,8 +12,9 @@ import json
 import logging
 import sys
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from pixlake.platform.governance.cipher import VectorCipher, associated_data, ke
 from pixlake.platform.governance.keys import LocalKeyService, load_master_key
 from pixlake.platform.governance.ledger import Ledger
 from pixlake.platform.settings import GovernanceSettings, Settings
-from pixlake.platform.store import LITE, backend_of
+from pixlake.platform.store import LITE, MilvusStore, backend_of
 
 log = logging.getLogger(__name__)
 SEALED_META = "_sealed"  # meta key holding the sealed sensitive fields
@@ -66,6 +67,20 @@ def prepare(settings: Settings) -> Path:
     if where.startswith("created"):
         print(f"pixlake: {where}", file=sys.stderr)
     return key_dir
+
+
+@contextmanager
+def open_governed_store(settings: Settings) -> Iterator[tuple[MilvusStore, Governance]]:
+    """The configured store with its governance, both closed on exit (erasure, export, re-key)."""
+    governance = Governance.open(settings)
+    try:
+        store = MilvusStore(settings.store.db, settings.store.collection)
+        try:
+            yield store, governance
+        finally:
+            store.close()
+    finally:
+        governance.close()
 
 
 def nonce_field(version: int, beta: float, nonce: bytes) -> str:
@@ -197,11 +212,13 @@ class Governance:
         if denied:  # an erasure is under way: its keys must not outlive it in this cache
             self.forget(tenant, [r[R.KEY_ID] for r in rows if r[R.SUBJECT] in denied])
         rows = [r for r in rows if r[R.SUBJECT] not in denied]
-        if not self.encryption and not any(r[R.KEY_ID] for r in rows):
-            return [dict(r) for r in rows]
+        # rows stored with --no-encryption carry no key: they are plaintext already
+        out = [dict(r) for r in rows if not r[R.KEY_ID]]
+        rows = [r for r in rows if r[R.KEY_ID]]
+        if not rows:
+            return out
         keys = self._keys_by_id(tenant, [r[R.KEY_ID] for r in rows])
         rows = [r for r in rows if r[R.KEY_ID] in keys]
-        out = []
         groups: dict[tuple[int, float], list[int]] = {}  # rows by (key version, beta)
         parsed = [parse_nonce(r[R.NONCE]) for r in rows]
         for i, (version, beta, _) in enumerate(parsed):
