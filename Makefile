@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.pixlake-installed
 DEMO_DB ?= ./pixlake.db
+DEMO_KEYS := $(DEMO_DB:.db=.governance)
 DEMO_DATA ?= demo-data
 DEMO_OUT ?= demo-output
 DEMO_TRAIN_N ?= 20000
@@ -28,7 +29,7 @@ test: $(STAMP)
 # The whole platform on the embedded default: corpus -> Ray embed job -> evaluation ->
 # Ray Serve HTTP queries -> clean shutdown (pixlake/jobs/demo.py).
 demo: $(STAMP)
-	rm -rf $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB)
+	rm -rf $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB) $(DEMO_KEYS)
 	$(BIN)/python -m pixlake.jobs.demo --data $(DEMO_DATA) --out $(DEMO_OUT) --db $(DEMO_DB)
 
 # Rebuild the bundled demo model (pixlake/platform/weights/pixlake-demo.pt) from fixed seeds.
@@ -44,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/embed_throughput.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB) build .pytest_cache
+	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_OUT) $(DEMO_DB) $(DEMO_KEYS) build .pytest_cache
