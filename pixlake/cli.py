@@ -12,6 +12,7 @@ from pixlake.jobs import embed as embed_job
 from pixlake.jobs import erase as erase_job
 from pixlake.jobs import evaluate as evaluate_job
 from pixlake.jobs import export as export_job
+from pixlake.jobs import plan_index as plan_index_job
 from pixlake.jobs import rekey as rekey_job
 from pixlake.jobs import train as train_job
 from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
@@ -142,9 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", export_job, "a data subject's items, decrypted, as JSON"),
         ("rekey", rekey_job, "rotate a tenant's vector key"),
         ("evaluate", evaluate_job, "search-quality evaluation"),
+        ("plan-index", plan_index_job, "measure PQ code sizes on a collection and save an index plan"),
     ]
     for name, job, summary in jobs:  # each is also `python -m pixlake.jobs.<name>`
-        command = sub.add_parser(name, help=f"{summary} (same as python -m pixlake.jobs.{name})")
+        module = name.replace("-", "_")
+        command = sub.add_parser(name, help=f"{summary} (same as python -m pixlake.jobs.{module})")
         job.build_parser(command)
         command.set_defaults(func=job.run)
     return parser

@@ -58,3 +58,26 @@ def tiny_settings(db: Path, **job):
             "governance": {"beta": TINY_BETA},
         }
     )
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus server (the embedded one of the PyPI package ``milvus``, 2.3.5) with its
+    data under tmp_path, for the server-path tests; yields its URI.
+
+    It serves on 127.0.0.1's port but Milvus 2.3 binds its internal ports on every interface
+    (no setting changes that); the test machines allow no inbound traffic.
+    """
+    import atexit
+
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    # Milvus ignores SIGTERM, so stop() ends in SIGKILL; a short session lease lets a
+    # restart (reliability tests) come back in seconds instead of 30 s.
+    server.config.set("common.session.ttl", 5)
+    server.start()
+    atexit.register(server.stop)  # never leave a server behind an interrupted run
+    yield f"http://127.0.0.1:{server.listen_port}"
+    server.stop()

@@ -127,7 +127,7 @@ def open_collection(settings: Settings, fingerprint: str) -> QueryCollection:
     db, collection = settings.store.db, settings.store.collection
     governance = Governance.open(settings)
     try:
-        store = MilvusStore(db, collection)
+        store = MilvusStore.configured(settings.store)
     except BaseException:
         governance.close()
         raise

@@ -36,6 +36,9 @@ class StoreSettings(BaseModel):
         description="milvus-lite file path (embedded default) or a Milvus server URI such as http://host:19530",
     )
     collection: str = Field("images", description="Milvus collection name")
+    index_plan: Optional[Path] = Field(
+        None, description="index plan JSON (pixlake plan-index) a Milvus server builds new collections with"
+    )
 
     @field_validator("collection")
     @classmethod

@@ -6,6 +6,7 @@ with argument shapes from ``MilvusClient``; delete takes ids or a filter, never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -72,17 +73,26 @@ class IndexChoice:
     reason: str
 
 
-def choose_index(backend: str) -> IndexChoice:
+def choose_index(backend: str, plan: Optional[Mapping[str, Any]] = None) -> IndexChoice:
     """Pick an index the backend really builds.
 
     milvus-lite accepts IVF_PQ but never builds it (search silently falls back to brute
-    force), so it gets HNSW. A server also gets HNSW until an index plan (PQ parameters
-    measured on the corpus) exists: a PQ code chosen blind can cost recall silently.
+    force), so it gets HNSW. A server builds IVF_PQ with the parameters of an index plan
+    (``pixlake plan-index``: PQ measured on the corpus), and HNSW until one exists: a PQ
+    code chosen blind can cost recall silently.
+
+    Args:
+        plan: a saved plan's dict (:class:`~pixlake.platform.index_plan.IndexPlan`).
     """
     hnsw = {"M": 16, "efConstruction": 200}
     if backend == LITE:
-        return IndexChoice("HNSW", hnsw, {"ef": 128}, "milvus-lite builds no IVF_PQ; HNSW is its best real index")
-    return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan yet; IVF_PQ needs planned parameters")
+        note = "; the index plan applies on a Milvus server" if plan else ""
+        return IndexChoice("HNSW", hnsw, {"ef": 128}, f"milvus-lite builds no IVF_PQ; HNSW is its best real index{note}")
+    if plan:
+        recall = ", ".join(f"{q} {r['reranked']:.3f}" for q, r in plan["recall"].items())
+        return IndexChoice(plan["index_type"], dict(plan["params"]), dict(plan["search_params"]),
+                           f"planned: {plan['bytes_per_vector']} bytes/vector, recall@{plan['k']} after re-rank {recall}")
+    return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan; IVF_PQ needs planned parameters (pixlake plan-index)")
 
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
@@ -155,20 +165,41 @@ class MilvusStore:
     Args:
         uri: milvus-lite path (``./pixlake.db``) or server URI (``http://host:19530``).
         collection: collection name.
+        index_plan: a saved index plan (JSON path) for the collection a server creates; an
+            existing collection keeps the index (and search parameters) it was built with.
 
     Raises:
         StoreError: the database cannot be opened (unwritable path, locked, unreachable).
+        ConfigError: the index plan cannot be read.
     """
 
-    def __init__(self, uri: str, collection: str):
+    def __init__(self, uri: str, collection: str, index_plan: Optional[Path] = None):
         self.uri = uri
         self.collection = collection
         self.backend = backend_of(uri)
-        self.index = choose_index(self.backend)
+        self.index_plan = index_plan
+        plan = json.loads(Path(index_plan).read_text()) if index_plan and Path(index_plan).is_file() else None
+        if index_plan and plan is None:
+            raise ConfigError(f"index plan not found: {index_plan} (make one with pixlake plan-index)")
+        self.index = choose_index(self.backend, plan)
         self._client = self._connect()
         self._closed = False
         if self._client.has_collection(collection):
             self._client.load_collection(collection)
+            self.index = self._built_index() or self.index
+
+    @classmethod
+    def configured(cls, store: Any) -> "MilvusStore":
+        """The store of :class:`~pixlake.platform.settings.StoreSettings` (db, collection, index plan)."""
+        return cls(store.db, store.collection, store.index_plan)
+
+    def _built_index(self) -> Optional[IndexChoice]:
+        """The index this collection was created with (its description carries it)."""
+        try:
+            saved = json.loads(self._client.describe_collection(self.collection).get("description") or "{}")
+        except ValueError:
+            return None
+        return IndexChoice(**saved["index"]) if "index" in saved else None
 
     def _connect(self):
         from pymilvus import MilvusClient
@@ -209,7 +240,10 @@ class MilvusStore:
             return self.index
         from pymilvus import DataType, MilvusClient
 
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        # The description records the index and its search parameters, so every later
+        # opener searches the collection as it was built, plan file or not.
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description=json.dumps({"index": dataclasses.asdict(self.index)}))
         schema.add_field(R.ID, DataType.VARCHAR, is_primary=True, max_length=64)
         # A partition key keeps one tenant's search inside its own partitions on a server.
         schema.add_field(R.TENANT, DataType.VARCHAR, max_length=256, is_partition_key=self.backend == SERVER)
@@ -236,7 +270,8 @@ class MilvusStore:
         if have_dim != dim:
             raise StoreError(f"collection {self.collection} holds {have_dim}-d vectors, the encoder makes {dim}-d")
         other = self._client.query(
-            self.collection, filter=f"{R.MODEL} != {literal(model)}", output_fields=[R.MODEL], limit=1
+            self.collection, filter=f"{R.MODEL} != {literal(model)}", output_fields=[R.MODEL], limit=1,
+            consistency_level="Strong",
         )
         if other:
             raise StoreError(
@@ -249,7 +284,7 @@ class MilvusStore:
         """Encoder fingerprint of the collection's rows, or None when it is empty or missing."""
         if not self.exists():
             return None
-        rows = self._client.query(self.collection, filter="", output_fields=[R.MODEL], limit=1)
+        rows = self._client.query(self.collection, filter="", output_fields=[R.MODEL], limit=1, consistency_level="Strong")
         return rows[0][R.MODEL] if rows else None
 
     def describe(self) -> dict:
@@ -261,6 +296,11 @@ class MilvusStore:
             "rows": self.count() if self.exists() else 0,
             "model": self.model(),
             "index_type": index.get("index_type"),
+            "index_params": self.index.params,
+            "search_params": self.index.search_params,
+            "index_note": self.index.reason,
+            # a server reports how much of the collection its index covers
+            **{k: index[k] for k in ("indexed_rows", "pending_index_rows") if k in index},
         }
 
     # --- rows ---------------------------------------------------------------------------
@@ -270,6 +310,12 @@ class MilvusStore:
         """Insert or replace rows by id (idempotent); returns how many were written."""
         if not rows:
             return 0
+        if self.backend == SERVER:
+            # Milvus 2.3 upserts rows into the wrong partition of a partition-key collection
+            # (milvus-io/milvus#30607), where tenant-filtered searches never see them: delete
+            # and insert instead (not atomic; a crash in between loses rows a re-run restores).
+            self._client.delete(self.collection, ids=[r[R.ID] for r in rows])
+            return int(self._client.insert(self.collection, [dict(r) for r in rows])["insert_count"])
         return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
 
     @_store_errors
@@ -282,8 +328,9 @@ class MilvusStore:
         """
         unique = {r[R.ID]: r for r in rows}
         existing = self.existing_ids(unique, model)
-        new = [r for i, r in unique.items() if i not in existing]
-        self.upsert(new)
+        new = [dict(r) for i, r in unique.items() if i not in existing]
+        if new:
+            self._client.insert(self.collection, new)
         return len(new)
 
     @_store_errors
@@ -293,7 +340,7 @@ class MilvusStore:
         if not ids:
             return set()
         expr = f"{R.ID} in [{', '.join(literal(i) for i in ids)}] and {R.MODEL} == {literal(model)}"
-        rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID])
+        rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID], consistency_level="Strong")
         return {r[R.ID] for r in rows}
 
     @_store_errors
@@ -317,7 +364,10 @@ class MilvusStore:
         """
         if not self.exists():
             raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
-        params = {"metric_type": METRIC, "params": dict(self.index.search_params, ef=max(k, self.index.search_params["ef"]))}
+        search = dict(self.index.search_params)
+        if "ef" in search:  # HNSW needs ef >= k
+            search["ef"] = max(k, search["ef"])
+        params = {"metric_type": METRIC, "params": search}
         res = self._client.search(
             self.collection,
             data=[list(map(float, v)) for v in vectors],
@@ -325,6 +375,8 @@ class MilvusStore:
             filter=filter,
             output_fields=list(output_fields),
             search_params=params,
+            # read-your-writes, and an erased row is never returned once its delete returned
+            consistency_level="Strong",
         )
         return [[{"id": h["id"], "score": float(h["distance"]), **h["entity"]} for h in hits] for hits in res]
 
@@ -402,9 +454,27 @@ class MilvusStore:
             time.sleep(0.5)
         return "scheduled"
 
+    @_store_errors
+    def wait_for_index(self, timeout: float = 300.0) -> dict:
+        """Flush, then wait until a server's index covers every row (milvus-lite: at once).
+
+        Returns:
+            :meth:`describe` once ``pending_index_rows`` is 0 (or at the timeout).
+        """
+        if self.backend == LITE:
+            return self.describe()
+        self._client.flush(self.collection)
+        deadline = time.monotonic() + timeout
+        while True:
+            d = self.describe()
+            # describe_index says "Finished" while rows are still pending; count instead
+            if d.get("pending_index_rows", 0) == 0 and d.get("indexed_rows", 0) >= d["rows"] or time.monotonic() > deadline:
+                return d
+            time.sleep(0.5)
+
     def for_collection(self, collection: str) -> "MilvusStore":
         """Another collection of the same database (a new store; close it when done)."""
-        return MilvusStore(self.uri, collection)
+        return MilvusStore(self.uri, collection, self.index_plan)
 
     @_store_errors
     def drop(self) -> None:

@@ -85,13 +85,13 @@ def start_owner_actor(factory: Callable[..., Any], *args: Any, pin_to_driver: bo
     return proxy
 
 
-def start_store_actor(uri: str, collection: str) -> ActorProxy:
-    """Start the actor that owns the store for one job.
+def start_store_actor(store: Any) -> ActorProxy:
+    """Start the actor that owns the store of :class:`~pixlake.platform.settings.StoreSettings` for one job.
 
     Raises:
         StoreError: the store cannot be opened (raised from the actor's constructor).
     """
-    return start_owner_actor(MilvusStore, uri, collection, pin_to_driver=backend_of(uri) == LITE, probe="exists")
+    return start_owner_actor(MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:

@@ -62,7 +62,7 @@ class Searcher:
         from pixlake.platform.query import QueryCollection
         from pixlake.platform.store import MilvusStore
 
-        self.collection = QueryCollection(MilvusStore(settings.store.db, settings.store.collection), Governance.open(settings))
+        self.collection = QueryCollection(MilvusStore.configured(settings.store), Governance.open(settings))
         self.owned_sources = settings.governance.owned_sources
 
     def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:

@@ -1,9 +1,9 @@
 """Conformance suite for the store interface (pixlake.platform.store.MilvusStore).
 
-Every test in :class:`TestStoreConformance` runs once per backend in :data:`BACKENDS`.
-Today that is milvus-lite (a ``.db`` file under ``tmp_path``); a Milvus-server backend is
-added by writing one more :class:`Backend` (open a uniquely named collection on the
-server, drop it in ``cleanup``) and listing it in ``BACKENDS``.
+Every test in :class:`TestStoreConformance` runs once per backend in :data:`BACKENDS`:
+milvus-lite (a ``.db`` file under ``tmp_path``) and a real Milvus server (the embedded
+server of the ``milvus`` package, one uniquely named collection per test, IVF_PQ built
+from an index plan).
 """
 
 from __future__ import annotations
@@ -71,11 +71,43 @@ class LiteBackend(Backend):
         return MilvusStore(self.uri, self.collection)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"milvus-lite": LiteBackend}
+PLAN = {  # a small saved index plan (pixlake plan-index writes these) for 16-d test vectors
+    "index_type": "IVF_PQ", "params": {"nlist": 16, "m": 8, "nbits": 8}, "search_params": {"nprobe": 16},
+    "rerank_factor": 5, "recall": {"image_to_image": {"pq": 0.9, "reranked": 1.0}}, "bytes_per_vector": 8, "dim": DIM,
+    "rows_sampled": 1000, "target": 0.95, "k": 10, "met": True, "candidates": [], "version": 1,
+}
+
+
+class ServerBackend(Backend):
+    name, kind, index_type = "milvus-server", SERVER, "IVF_PQ"
+    _count = 0
+
+    def __init__(self, uri: str, tmp_path: Path):
+        ServerBackend._count += 1
+        self.uri = uri
+        self.collection = f"conformance_{ServerBackend._count}_{tmp_path.name[-12:].replace('-', '_')}"
+        self.plan = tmp_path / "plan.json"
+        self.plan.write_text(json.dumps(PLAN))
+
+    def open(self) -> MilvusStore:
+        return MilvusStore(self.uri, self.collection, self.plan)
+
+    def cleanup(self) -> None:
+        s = self.open()
+        try:
+            s.drop()
+        finally:
+            s.close()
+
+
+BACKENDS: dict[str, type] = {"milvus-lite": LiteBackend, "milvus-server": ServerBackend}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
 def backend_cls(request) -> Callable[[Path], Backend]:
+    if BACKENDS[request.param] is ServerBackend:
+        uri = request.getfixturevalue("milvus_server")
+        return lambda tmp_path: ServerBackend(uri, tmp_path)
     return BACKENDS[request.param]
 
 
@@ -200,7 +232,6 @@ class TestStoreConformance:
         assert s.exists()
         d = s.describe()
         assert d["index_type"] == backend.index_type
-        assert d["index_type"] != "IVF_PQ"
         assert d["backend"] == backend.kind
         assert d["rows"] == 0
         assert d["model"] is None
@@ -595,9 +626,37 @@ def test_unknown_scheme_is_not_a_lite_path():
         backend_of("s3://bucket/x.db")
 
 
+def test_a_server_builds_the_planned_ivf_pq_over_every_row(milvus_server, tmp_path: Path):
+    backend = ServerBackend(milvus_server, tmp_path)
+    s = backend.open()
+    try:
+        s.ensure_collection(DIM, MODEL)
+        rows = make_rows(2000, seed=5)
+        assert s.insert_missing(rows, MODEL) == 2000
+        d = s.wait_for_index()
+        assert (d["index_type"], d["index_params"]) == ("IVF_PQ", PLAN["params"])
+        assert d["indexed_rows"] == 2000 and d["pending_index_rows"] == 0
+        index = s._client.describe_index(s.collection, R.VECTOR)  # what the server itself says
+        assert index["index_type"] == "IVF_PQ" and int(index["m"]) == 8 and int(index["nlist"]) == 16
+        # a new opener searches the collection with the parameters it was built with, plan file or not
+        again = MilvusStore(milvus_server, s.collection)
+        try:
+            assert again.index.search_params == {"nprobe": 16}
+            hits = again.search([rows[7][R.VECTOR]], k=5, filter=build_filter("t1"))[0]
+            assert rows[7][R.ID] in ids_of(hits)  # PQ scores are approximate; the row is among the top 5
+        finally:
+            again.close()
+    finally:
+        s.close()
+        backend.cleanup()
+
+
 def test_index_choice():
     assert choose_index(LITE).index_type == "HNSW"
-    assert choose_index(SERVER).index_type != "IVF_PQ"
+    assert choose_index(SERVER).index_type != "IVF_PQ"  # never a PQ code chosen blind
+    assert choose_index(LITE, PLAN).index_type == "HNSW"  # milvus-lite would not build it
+    planned = choose_index(SERVER, PLAN)
+    assert (planned.index_type, planned.params, planned.search_params) == ("IVF_PQ", PLAN["params"], {"nprobe": 16})
 
 
 def test_check_db_location_creates_parent(tmp_path: Path):

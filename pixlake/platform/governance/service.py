@@ -74,7 +74,7 @@ def open_governed_store(settings: Settings) -> Iterator[tuple[MilvusStore, Gover
     """The configured store with its governance, both closed on exit (erasure, export, re-key)."""
     governance = Governance.open(settings)
     try:
-        store = MilvusStore(settings.store.db, settings.store.collection)
+        store = MilvusStore.configured(settings.store)
         try:
             yield store, governance
         finally:

@@ -78,7 +78,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         init_ray()
         governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
         try:
-            store = start_store_actor(settings.store.db, settings.store.collection)
+            store = start_store_actor(settings.store)
         except BaseException:
             governance.shutdown()
             raise
