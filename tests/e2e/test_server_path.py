@@ -1,0 +1,76 @@
+"""The embed job, the encrypted query path with its exact re-rank, and erasure, unchanged
+against a real Milvus server (embedded ``milvus`` package) with a planned IVF_PQ index."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pixlake.platform import records as R
+from pixlake.platform.errors import ConfigError
+from pixlake.platform.governance.erasure import STEPS, Eraser
+from pixlake.platform.governance.keys import load_master_key
+from pixlake.platform.governance.service import open_governed_store
+from pixlake.platform.pipeline.job import run_embed_job
+from pixlake.platform.query import open_collection
+from pixlake.platform.settings import load_settings
+from tests.conftest import TINY, TINY_BETA
+
+PLAN = {"index_type": "IVF_PQ", "params": {"nlist": 16, "m": 8, "nbits": 8}, "search_params": {"nprobe": 16},
+        "rerank_factor": 5, "recall": {"image_to_image": {"pq": 0.9, "reranked": 1.0}}, "bytes_per_vector": 8, "dim": 32,
+        "rows_sampled": 1000, "target": 0.95, "k": 10, "met": True, "candidates": [], "version": 1}
+
+
+@pytest.fixture
+def server_settings(milvus_server, tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(PLAN))
+    keys = tmp_path / "keys"
+    load_master_key(keys, create=True)  # an operator-provided key file (a server never creates one)
+    return load_settings(overrides={
+        "store": {"db": milvus_server, "collection": f"e2e_{tmp_path.name[-10:].replace('-', '_')}", "index_plan": str(plan)},
+        "encoder": {"model": TINY[0], "pretrained": TINY[1]},
+        "job": {"batch_size": 16},
+        "governance": {"beta": TINY_BETA, "key_dir": str(keys)},
+    })
+
+
+def test_a_server_deployment_without_a_key_source_fails_before_any_work(milvus_server, corpus_dir):
+    settings = load_settings(overrides={"store": {"db": milvus_server}, "encoder": {"model": TINY[0], "pretrained": TINY[1]}})
+    with pytest.raises(ConfigError, match="governance.key_dir"):
+        run_embed_job(str(corpus_dir), settings)
+
+
+def test_embed_search_and_erase_against_the_server(ray_session, corpus_dir, tmp_path, server_settings, tiny_encoder):
+    images = sorted(corpus_dir.glob("*.png"))[:24]
+    pq.write_table(pa.table({"path": [str(p) for p in images], "subject": [f"s{i % 4}" for i in range(24)]}),
+                   tmp_path / "rows.parquet")
+    report = run_embed_job(str(tmp_path / "rows.parquet"), server_settings)
+    assert (report.backend, report.index_type, report.embedded, report.collection_count) == ("milvus-server", "IVF_PQ", 24, 24)
+    assert report.index_note.startswith("planned")
+
+    collection = open_collection(server_settings, report.model)
+    try:
+        described = collection.store.wait_for_index()
+        assert described["indexed_rows"] == 24 and described["pending_index_rows"] == 0
+        for path in images[:6]:
+            hit = collection.search(tiny_encoder.embed_images([Image.open(path).convert("RGB")])[0], k=1)[0]
+            assert hit["source"] == str(path) and hit["score"] > 0.999  # exact after decrypt-and-re-rank
+        raw = collection.store.query("", (R.SOURCE, R.VECTOR))
+        assert all(r[R.SOURCE].startswith("v1.") for r in raw)  # sealed on the server too
+    finally:
+        collection.close()
+
+    with open_governed_store(server_settings) as (store, governance):
+        eraser = Eraser(store, governance)
+        erasure_id, _ = eraser.start("default", "s1")
+        receipt = eraser.run(erasure_id)
+        pseudonym = governance.pseudonym("default", "s1")
+        assert receipt["verified"] and [s["name"] for s in receipt["steps"]] == list(STEPS[:-1])
+        assert {s["name"]: s["count"] for s in receipt["steps"]}["delete"] == 6
+        assert store.count(f'{R.SUBJECT} == "{pseudonym}"') == 0 and store.count() == 18  # Strong, at once
+        store.drop()
