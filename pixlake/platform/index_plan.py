@@ -118,16 +118,36 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def build_index(stored: np.ndarray, m: int, nlist: int, opq: bool = False):
-    """Train and fill a faiss IVF-PQ index (8-bit codes, inner product on normalised vectors,
-    which is Milvus's COSINE); with ``opq``, an OPQ rotation first (Milvus's IVF_PQ has none)."""
+def train_quantizer(stored: np.ndarray, nlist: int):
+    """The IVF coarse quantizer (spherical k-means), trained once and shared by every code size."""
     import faiss
 
     base = _normalise(stored)
-    index = faiss.index_factory(base.shape[1], f"{'OPQ%d,' % m if opq else ''}IVF{nlist},PQ{m}x8", faiss.METRIC_INNER_PRODUCT)
+    kmeans = faiss.Kmeans(base.shape[1], nlist, niter=20, spherical=True, seed=0)
+    with _quiet_stderr():
+        kmeans.train(base)
+    quantizer = faiss.IndexFlatIP(base.shape[1])
+    quantizer.add(kmeans.centroids)
+    return quantizer
+
+
+def build_index(stored: np.ndarray, m: int, nlist: int, opq: bool = False, quantizer=None):
+    """Train and fill a faiss IVF-PQ index (8-bit codes, inner product on normalised vectors,
+    which is Milvus's COSINE); with ``opq``, an OPQ rotation first (Milvus's IVF_PQ has none).
+    A trained ``quantizer`` (see :func:`train_quantizer`) is reused rather than retrained."""
+    import faiss
+
+    base = _normalise(stored)
+    d = base.shape[1]
+    if quantizer is not None and not opq:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        ivf = index
+    else:
+        index = faiss.index_factory(d, f"{'OPQ%d,' % m if opq else ''}IVF{nlist},PQ{m}x8", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     # The factory turns on polysemous training (a Hamming-distance reordering, thousands of
     # extra k-means runs); Milvus's IVF_PQ has no such thing, so it would measure another index.
-    faiss.downcast_index(faiss.extract_index_ivf(index)).do_polysemous_training = False
+    ivf.do_polysemous_training = False
     with _quiet_stderr():
         index.train(base)
     index.add(base)
@@ -194,8 +214,9 @@ def plan_index(
     }
     candidates: list[Candidate] = []
     chosen: Optional[Candidate] = None
+    quantizer = train_quantizer(stored, nlist)
     for m in (m for m in ms if d % m == 0 and m <= d):
-        index = build_index(stored, m, nlist)
+        index = build_index(stored, m, nlist, quantizer=quantizer)
         for nprobe in (p for p in nprobes if p <= nlist):
             best = Candidate(m=m, nprobe=nprobe, bytes_per_vector=m,
                              recall=measure(index, plain, sets, nprobe, k, rerank_factor))

@@ -1,4 +1,4 @@
-"""Row ids and subject pseudonyms: deterministic, collision-free over what they key, never raw."""
+"""Row ids: deterministic and collision-free over what they key."""
 
 from pixlake.platform import records as R
 
@@ -11,13 +11,5 @@ def test_row_id_is_deterministic_and_keys_on_tenant_subject_and_content():
     assert R.row_id("ab", "c", "h") != R.row_id("a", "bc", "h")
 
 
-def test_pseudonym_hides_the_subject_and_differs_per_tenant():
-    p = R.pseudonym("acme", "alice@example.com")
-    assert p == R.pseudonym("acme", "alice@example.com")
-    assert "alice" not in p and len(p) == 32
-    assert p != R.pseudonym("globex", "alice@example.com")
-
-
 def test_an_item_without_subject_is_its_own_subject():
     assert R.item_subject("abc") != R.item_subject("abd")
-    assert R.pseudonym("t", R.item_subject("abc")) != R.pseudonym("t", R.item_subject("abd"))

@@ -44,6 +44,22 @@ def test_a_server_deployment_without_a_key_source_refuses_to_start(tmp_path):
     assert not (tmp_path / "keys" / "master.key").exists()  # never created for a server
 
 
+def test_pseudonyms_hide_the_subject_and_differ_per_tenant(tmp_path):
+    governance = Governance.open(_settings(tmp_path / "p.db"))
+    try:
+        p = governance.pseudonym("acme", "alice@example.com")
+        assert p == governance.pseudonym("acme", "alice@example.com") and len(p) == 32 and "alice" not in p
+        assert p != governance.pseudonym("globex", "alice@example.com")
+        assert int(p, 16) >= 0  # hex: safe in a filter expression
+    finally:
+        governance.close()
+    other = Governance.open(_settings(tmp_path / "q.db"))  # another key store: another pseudonym
+    try:
+        assert other.pseudonym("acme", "alice@example.com") != p
+    finally:
+        other.close()
+
+
 def test_the_embedded_default_creates_a_master_key_beside_the_db(tmp_path):
     governance = Governance.open(_settings(tmp_path / "p.db"))
     governance.close()
