@@ -15,7 +15,6 @@ from pixlake.platform import records as R
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import MilvusStore, build_filter
-from pixlake.platform.store import literal as _quote
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -99,9 +98,7 @@ class QueryCollection:
         """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),
         decrypted: exact ``vector``, opened ``source`` and ``meta``. Export, re-keying and
         re-indexing read the Milvus rows through this: there is no second copy."""
-        expr = build_filter(tenant, meta)
-        if subject is not None:
-            expr += f" and {R.SUBJECT} == {_quote(subject)}"
+        expr = build_filter(tenant, meta, subject)
         fields = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
         return self.governance.reveal(tenant, self.store.query(expr, fields))
 

@@ -112,12 +112,14 @@ def literal(value: Any) -> str:
     raise ConfigError(f"filter value {value!r}: expected a string, number or boolean")
 
 
-def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None) -> str:
+def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None,
+                 subject: Optional[str] = None) -> str:
     """Turn structured filters into a Milvus boolean expression, escaping every value.
 
     Args:
         tenant: confine to this tenant.
         meta: ``{key: value}`` equality (or ``{key: [v1, v2]}`` membership) on the ``meta`` JSON field.
+        subject: confine to this subject pseudonym.
 
     Returns:
         The expression; ``""`` when there is nothing to filter.
@@ -128,6 +130,8 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
     parts = []
     if tenant is not None:
         parts.append(f"{R.TENANT} == {literal(tenant)}")
+    if subject is not None:
+        parts.append(f"{R.SUBJECT} == {literal(subject)}")
     for key, value in (meta or {}).items():
         if not _META_KEY.match(key):
             raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")

@@ -26,10 +26,6 @@ FAULT_ENV = "PIXLAKE_FAULT_ERASE_AFTER"  # tests: exit the process right after t
 _PAGE = 1000
 
 
-def _subject_filter(tenant: str, pseudonym: str) -> str:
-    return build_filter(tenant) + f" and {R.SUBJECT} == {literal(pseudonym)}"
-
-
 class Eraser:
     """Runs erasures over one database.
 
@@ -117,11 +113,11 @@ class Eraser:
         return self.governance.keys.shred(tenant, pseudonym), DONE
 
     def _delete(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
-        expr = _subject_filter(tenant, pseudonym)
+        expr = build_filter(tenant, subject=pseudonym)
         return self._each_store(lambda s: s.delete(filter=expr) if s.count(expr) else 0), DONE
 
     def _verify(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
-        expr = _subject_filter(tenant, pseudonym)
+        expr = build_filter(tenant, subject=pseudonym)
         # A row written by a job between the delete and now is deleted here too (Strong consistency).
         remaining = self._each_store(lambda s: s.count(expr) and (s.delete(filter=expr), s.count(expr))[1])
         if remaining:
@@ -166,7 +162,7 @@ class Eraser:
         rows: list[dict] = []
 
         def collect(store: MilvusStore) -> int:
-            found = store.query(_subject_filter(tenant, pseudonym), [R.ID, R.SOURCE, R.KEY_ID, R.CONTENT_HASH])
+            found = store.query(build_filter(tenant, subject=pseudonym), [R.ID, R.SOURCE, R.KEY_ID, R.CONTENT_HASH])
             rows.extend(found)
             return len(found)
 

@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 
 from pixlake.platform import records as R
 from pixlake.platform.governance.service import Governance, protect_rows
-from pixlake.platform.store import MilvusStore, build_filter, literal
+from pixlake.platform.store import MilvusStore, build_filter
 
 _ALL = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
 
@@ -21,7 +21,7 @@ _ALL = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.
 def decrypted_pages(store: MilvusStore, governance: Governance, tenant: str,
                     subject: Optional[str] = None) -> Iterator[list[dict]]:
     """A tenant's rows (or one subject pseudonym's), decrypted, page by page."""
-    expr = build_filter(tenant) + (f" and {R.SUBJECT} == {literal(subject)}" if subject else "")
+    expr = build_filter(tenant, subject=subject)
     for page in store.pages(expr, _ALL):
         yield governance.reveal(tenant, page)
 
