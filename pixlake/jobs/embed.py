@@ -23,6 +23,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--batch-size", type=int, help="images per encoder batch (default 64)")
     parser.add_argument("--concurrency", type=int, help="encoder actors (default: one per GPU, else 1)")
     parser.add_argument("--tenant", help="tenant of rows whose source names none (default 'default')")
+    parser.add_argument("--gpu-decode", action="store_true",
+                        help="decode JPEGs on the encoder's GPU (nvJPEG); CPU tasks then only check headers")
     parser.add_argument("--report", type=Path, help="write the JSON job report here")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     parser.add_argument("--no-encryption", action="store_true",
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         {
             "store": {"db": args.db, "collection": args.collection},
             "encoder": {"model": args.model, "pretrained": args.pretrained},
-            "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report},
+            "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
+                    "gpu_decode": args.gpu_decode or None},
             "governance": {"encryption": False if args.no_encryption else None},
         },
     )

@@ -210,11 +210,12 @@ class Encoder:
         """PIL RGB image → uint8 HWC pixels at the model's input size (the CPU half)."""
         return self._pil(image)
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_pixels(self, pixels: Any) -> np.ndarray:
         """Embed prepared pixels.
 
         Args:
-            pixels: uint8 array (N, H, W, 3) from :meth:`prepare`.
+            pixels: uint8 (N, H, W, 3) from :meth:`prepare`: a numpy array, or a torch
+                tensor (already on the device when the JPEGs were decoded there).
 
         Returns:
             float32 array (N, dim), each row L2-normalised.
@@ -224,11 +225,14 @@ class Encoder:
         with torch.inference_mode():
             return _normalise(self.model.encode_image(self.pixel_tensor(pixels).to(self.dtype)))
 
-    def pixel_tensor(self, pixels: np.ndarray) -> Any:
-        """uint8 (N, H, W, 3) pixels → the model's normalised float32 (N, 3, H, W) input on its device."""
+    def pixel_tensor(self, pixels: Any) -> Any:
+        """uint8 (N, H, W, 3) pixels (numpy or torch) → the model's normalised float32 (N, 3, H, W) input on its device."""
         import torch
 
-        x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device)  # copies only if read-only
+        if isinstance(pixels, torch.Tensor):
+            x = pixels.to(self.device)
+        else:
+            x = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"])).to(self.device)  # copies only if read-only
         return (x.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:

@@ -77,6 +77,11 @@ class JobSettings(BaseModel):
         10_000, ge=0, description="rejections listed one by one in the report; the count is always exact"
     )
     decode: DecodeLimits = Field(default_factory=DecodeLimits, description="safe-decode caps")
+    gpu_decode: bool = Field(
+        False,
+        description="decode JPEGs on the encoder's GPU (nvJPEG) instead of CPU tasks; other formats and JPEGs the "
+        "GPU cannot reproduce still decode on CPU",
+    )
 
 
 class GovernanceSettings(BaseModel):

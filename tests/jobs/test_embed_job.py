@@ -15,7 +15,7 @@ import pytest
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import QueryCollection, open_collection
 from pixlake.platform.store import build_filter
-from tests.badinputs import write_bad_input_corpus
+from tests.badinputs import halves, write_bad_input_corpus
 from tests.conftest import tiny_settings
 
 REPORT_KEYS = {"run_id", "model", "source", "embedded", "skipped", "rejected", "rejections", "seconds", "images_per_s"}
@@ -63,16 +63,24 @@ def test_rerun_embeds_nothing_and_keeps_the_count(ray_session, corpus_dir, tmp_p
     assert second.collection_count == 48
 
 
-def test_bad_inputs_are_embedded_or_rejected_with_reasons(ray_session, tmp_path):
+@pytest.mark.parametrize("gpu_decode", [False, True], ids=["cpu-decode", "device-decode"])
+def test_bad_inputs_are_embedded_or_rejected_with_reasons(ray_session, tmp_path, gpu_decode):
+    """Same outcomes whether JPEGs decode in CPU tasks or on the encoder's device (here its CPU)."""
     from tests.badinputs import EXPECTED_REJECTION_CODES
 
     must_embed, must_reject = write_bad_input_corpus(tmp_path / "bad")
     # An unreadable path can only come from a manifest naming a file that is not there.
     manifest = tmp_path / "manifest.parquet"
+    # Plain JPEGs too, so the device path has work: these embed either way.
+    for i in range(3):
+        path = tmp_path / "bad" / f"plain{i}.jpg"
+        halves((40 * i, 90, 200), (250, 250 - 60 * i, 10), size=(48, 36)).save(path, quality=90)
+        must_embed[path.name] = path
     paths = [str(p) for p in [*must_embed.values(), *must_reject.values()]] + [str(tmp_path / "gone.jpg")]
     pq.write_table(pa.table({"path": paths}), manifest)
 
-    report = run_embed_job(str(manifest), tiny_settings(tmp_path / "p.db"))
+    report = run_embed_job(str(manifest), tiny_settings(tmp_path / "p.db", gpu_decode=gpu_decode))
+    assert report.decode == ("encoder-cpu-jpeg" if gpu_decode else "cpu-tasks")
 
     # Identical files would collapse to one row; the corpus has none.
     assert report.embedded == len(must_embed), report.rejections

@@ -92,6 +92,28 @@ def test_default_device_is_cpu_here():
     assert default_device() == "cpu"
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="no CUDA device (runs on the GPU machine)")
+def test_a_gpu_is_chosen_by_itself_and_half_precision_agrees_with_cpu():
+    import torch
+
+    from pixlake.platform.encoder import BUNDLED_TAG
+
+    gpu = load_encoder("pixlake-demo", BUNDLED_TAG)
+    cpu = load_encoder("pixlake-demo", BUNDLED_TAG, device="cpu")
+    assert gpu.device.startswith("cuda") and gpu.dtype == torch.float16
+    assert next(gpu.model.parameters()).dtype == torch.float16
+    assert gpu.fingerprint == cpu.fingerprint  # the same weights, whatever the device
+    images = _images()
+    assert _cosines(gpu.embed_images(images), cpu.embed_images(images)).min() > 0.999
+    assert _cosines(gpu.embed_texts(TEXTS), cpu.embed_texts(TEXTS)).min() > 0.999
+
+
 def test_tiny_encoder_attributes(tiny_encoder: Encoder):
     assert tiny_encoder.dim == DIM
     assert tiny_encoder.device == "cpu"

@@ -9,14 +9,17 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from pixlake.platform.device_decode import DeviceJpegDecoder
 from pixlake.platform.errors import ModelError
-from pixlake.platform.pipeline.rows import OK, table
+from pixlake.platform.images import DecodeLimits, Rejection
+from pixlake.platform.pipeline.decode import prepare_pixels
+from pixlake.platform.pipeline.rows import OK, rejected, table
 
 log = logging.getLogger(__name__)
 
 
 class EmbedImages:
-    """Callable actor class: ``pixels`` → L2-normalised float32 ``vector``.
+    """Callable actor class: ``pixels`` (or ``jpeg`` bytes, decoded on the device) → L2-normalised float32 ``vector``.
 
     Args:
         model: open_clip config name.
@@ -25,10 +28,17 @@ class EmbedImages:
         threads: torch CPU threads (Ray gives actors one thread by default, which would
             leave the other cores of a CPU-only node idle).
         device: torch device; default CUDA (fp16) when the actor has a GPU, else CPU.
+        limits: safe-decode caps, for JPEGs the device refuses and this actor decodes on CPU.
     """
 
     def __init__(
-        self, model: str, pretrained: Optional[str], fingerprint: str, threads: Optional[int] = None, device: Optional[str] = None
+        self,
+        model: str,
+        pretrained: Optional[str],
+        fingerprint: str,
+        threads: Optional[int] = None,
+        device: Optional[str] = None,
+        limits: Optional[DecodeLimits] = None,
     ):
         import torch
 
@@ -41,15 +51,43 @@ class EmbedImages:
             raise ModelError(f"actor loaded {self.encoder.fingerprint}, the job expects {fingerprint}")
         size = self.encoder.preprocess.size
         self.shape = (size, size, 3) if isinstance(size, int) else (size[0], size[1], 3)
+        self.limits = limits or DecodeLimits()
+        self._jpeg = None  # the device decoder, built when the first JPEG arrives
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
         rows = batch.to_pylist()
-        todo = [i for i, r in enumerate(rows) if r["status"] == OK]
+        pixels = {}  # row → (H, W, 3) uint8 tensor on the encoder's device
+        host = [i for i, r in enumerate(rows) if r["status"] == OK and r["pixels"]]
+        if host:  # decoded by the CPU tasks: one copy to the device
+            stacked = np.stack([np.frombuffer(rows[i]["pixels"], np.uint8).reshape(self.shape) for i in host])
+            pixels.update(zip(host, torch.from_numpy(stacked).to(self.encoder.device).unbind(0)))
+        jpegs = [i for i, r in enumerate(rows) if r["status"] == OK and r.get("jpeg")]
+        if jpegs:
+            pixels.update(self._decode_jpegs(rows, jpegs))
+        todo = sorted(pixels)
         vectors = np.zeros((len(rows), self.encoder.dim), np.float32)
         if todo:
-            pixels = np.stack([np.frombuffer(rows[i]["pixels"], np.uint8).reshape(self.shape) for i in todo])
-            vectors[todo] = self.encoder.embed_pixels(pixels)
+            vectors[todo] = self.encoder.embed_pixels(torch.stack([pixels[i] for i in todo]))
         for r, v in zip(rows, vectors):
-            del r["pixels"]
+            r.pop("pixels"), r.pop("jpeg", None)
             r["vector"] = v
         return table(rows, [("vector", pa.list_(pa.float32(), self.encoder.dim))])
+
+    def _decode_jpegs(self, rows: list[dict], todo: list[int]) -> dict[int, object]:
+        """Decode rows' JPEG bytes on the device; the device's refusals on CPU, rejecting what fails there."""
+        import torch
+
+        if self._jpeg is None:
+            self._jpeg = DeviceJpegDecoder(self.encoder.preprocess, self.encoder.device)
+        out = {}
+        for i, image in zip(todo, self._jpeg([rows[i]["jpeg"] for i in todo])):
+            if image is None:
+                image = prepare_pixels(rows[i]["jpeg"], self.limits, self.encoder.prepare)
+                if isinstance(image, Rejection):
+                    rejected(rows[i], image.reason)
+                    continue
+                image = torch.from_numpy(image).to(self.encoder.device)
+            out[i] = image
+        return out

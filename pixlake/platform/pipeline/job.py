@@ -13,6 +13,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
+from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
 from pixlake.platform.encoder import load_encoder
 from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.decode import DecodeImages
@@ -96,12 +97,14 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         actors = settings.job.concurrency or max(gpus, 1)
         index = store.ensure_collection(dim, fingerprint)
         cpus = int(ray.cluster_resources().get("CPU", 1))
+        decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
                                 batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(SkipExisting(store, fingerprint, governance), batch_format="pyarrow", batch_size=STAGE_BATCH)
-            .map_batches(DecodeImages(preprocess, settings.job.decode), batch_format="pyarrow", batch_size=STAGE_BATCH)
+            .map_batches(DecodeImages(preprocess, settings.job.decode, device_jpeg=decode != DECODE_CPU_TASKS),
+                         batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(
                 EmbedImages,
                 fn_constructor_kwargs={
@@ -110,6 +113,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                     "fingerprint": fingerprint,
                     "threads": max(1, cpus // actors),
                     "device": settings.encoder.device,
+                    "limits": settings.job.decode,
                 },
                 batch_size=settings.job.batch_size,
                 batch_format="pyarrow",
@@ -150,6 +154,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         started_at=started_at,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         device="cuda" if gpus else "cpu",
+        decode=decode,
         protection=protection(settings),
     )
     if settings.job.report is not None:

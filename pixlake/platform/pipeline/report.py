@@ -32,6 +32,7 @@ class JobReport:
     started_at: str = ""
     finished_at: str = ""
     device: str = ""
+    decode: str = ""
     protection: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +50,7 @@ class JobReport:
         lines = [
             f"pixlake embed {self.run_id}",
             f"  source      {self.source}",
-            f"  model       {self.model} on {self.device}",
+            f"  model       {self.model} on {self.device} (decode: {self.decode})",
             f"  store       {self.collection} in {self.db} ({self.backend}, index {self.index_type}: {self.index_note})",
             f"  protection  {self.protection}",
             f"  embedded    {self.embedded}",
