@@ -480,6 +480,17 @@ class MilvusStore:
         """Another collection of the same database (a new store; close it when done)."""
         return MilvusStore(self.uri, collection, self.index_plan)
 
+    def each_collection(self) -> Iterator["MilvusStore"]:
+        """A store for every pixlake collection of this database, this one included; the
+        others are closed as the iteration moves on (erasure, export and re-key reach them all)."""
+        for name in self.collections():
+            other = self if name == self.collection else self.for_collection(name)
+            try:
+                yield other
+            finally:
+                if other is not self:
+                    other.close()
+
     @_store_errors
     def drop(self) -> None:
         """Drop the collection (tests and re-creation)."""

@@ -89,19 +89,8 @@ class Eraser:
 
     # --- steps (each returns (count, status) and is safe to repeat) -----------------------------
 
-    def _stores(self):
-        for name in self.store.collections():
-            yield self.store if name == self.store.collection else self.store.for_collection(name)
-
     def _each_store(self, fn) -> int:
-        total = 0
-        for store in self._stores():
-            try:
-                total += fn(store)
-            finally:
-                if store is not self.store:
-                    store.close()
-        return total
+        return sum(fn(store) for store in self.store.each_collection())
 
     def _deny(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
         # Before the keys go: the sources to purge can only be read while they can be unsealed.

@@ -26,16 +26,6 @@ def decrypted_pages(store: MilvusStore, governance: Governance, tenant: str,
         yield governance.reveal(tenant, page)
 
 
-def _stores(store: MilvusStore) -> Iterator[MilvusStore]:
-    for name in store.collections():
-        other = store if name == store.collection else store.for_collection(name)
-        try:
-            yield other
-        finally:
-            if other is not store:
-                other.close()
-
-
 def export_subject(store: MilvusStore, governance: Governance, tenant: str, subject: str) -> dict:
     """A data subject's items in every collection of the database, decrypted (GDPR art. 20).
 
@@ -45,7 +35,7 @@ def export_subject(store: MilvusStore, governance: Governance, tenant: str, subj
     """
     pseudonym = governance.pseudonym(tenant, subject)
     out: dict[str, list[dict]] = {}
-    for s in _stores(store):
+    for s in store.each_collection():
         items = [{"id": r[R.ID], "source": r[R.SOURCE], "meta": r[R.META], "model": r[R.MODEL],
                   "vector": [round(float(x), 7) for x in r[R.VECTOR]]}
                  for page in decrypted_pages(s, governance, tenant, pseudonym) for r in page]
@@ -90,9 +80,9 @@ def rekey(store: MilvusStore, governance: Governance, tenant: str) -> dict:
     """
     old, _ = governance.tenant_key(tenant)
     new = governance.keys.rotate_tenant_key(tenant)
-    rows = sum(reencrypt(s, s, governance, tenant) for s in _stores(store))
+    rows = sum(reencrypt(s, s, governance, tenant) for s in store.each_collection())
     versions = defaultdict(int)
-    for s in _stores(store):
+    for s in store.each_collection():
         for page in s.pages(build_filter(tenant), (R.NONCE,)):
             for r in page:
                 versions[r[R.NONCE].split(":", 1)[0]] += 1
