@@ -1,28 +1,60 @@
 """How cost grows toward 100M images: the index on a real Milvus server, and the embed job.
 
-Part 1 (``--vectors N``, default 1M): N realistic 512-d vectors — clustered like real
-embeddings, with text queries offset by a shared "modality gap" as CLIP's are, not uniform
-noise — go into the embedded Milvus server twice in one run: a FLAT (exact) collection and
-an IVF_PQ collection built from ``pixlake plan-index``'s choice on a sample. Printed beside
-each other: index bytes/vector, recall@10 against exact search (image and text queries,
-with and without the store's re-rank of rerank_factor × k candidates read back from
-Milvus), QPS at concurrency 1 and 16, load + index build time.
+Part 1 (``--vectors N``, default 1M): N synthetic CLIP-like 512-d vectors go into the embedded
+Milvus server twice in one run: a FLAT (exact) collection and an IVF_PQ collection built from
+``pixlake.platform.index_plan.plan_index`` trained on ``--plan-sample`` rows (20k, as plan-index)
+and measured on all N (code sizes m <= 64 only, the target being <= 64 index bytes/vector; no
+OPQ, which Milvus's IVF_PQ lacks; the plan's text queries are not the measured ones). The plan
+measured on the sample alone, as plan-index does, is printed beside it: recall falls as the
+corpus gets denser, so that one overstates what the index delivers at N. Printed beside each other: index
+bytes/vector, recall@10 against exact search (image and text queries, with and without the
+store's re-rank of rerank_factor × k candidates read back from Milvus), QPS and p50/p99
+latency at concurrency 1 and 16, insert+flush, index build and load seconds, and the
+server's RSS with that collection loaded, before and after the re-rank's reads (one
+collection is loaded at a time; Milvus 2.3 reads an IVF_PQ segment's raw vectors in on
+demand for ``output_fields``, so the re-rank costs raw-vector memory, not just the codes).
+Milvus builds IVF_PQ per sealed segment and merges per-segment top-k; measured at 1M
+(4 segments), that costs recall against one index over all rows (the plan's faiss model).
+
+The data (``--data lowrank``, the default). Real CLIP embeddings are not isotropic: their
+covariance spectrum decays (a few dozen principal directions carry most of the variance),
+they sit in a cone around a per-modality mean (two unrelated images have a cosine well
+above 0), and text embeddings sit around another mean (the "modality gap"). So topic centres
+and within-topic variation are drawn from one power-law spectrum (variance of the i-th
+direction ∝ 1/i) in a random orthonormal basis (variance not aligned with PQ's sub-vectors),
+plus a modality mean, then normalised; text queries vary 4/3 as much around their topic. The
+earlier generator (``--data isotropic``: isotropic noise as large as the centre) spreads
+variance evenly over all 512 directions, so a query's 1st and 100th neighbours are nearly
+equally close (cosine 0.61 vs 0.55 measured at 20k) and only m=128 kept recall — a worst case
+for any quantiser, not what embeddings look like. The parameters are not fitted to real CLIP
+embeddings (no weights on these machines); the bench prints the data's measured statistics
+(mean cosines, neighbour cosines, variance share of the top principal directions) so a
+reader can hold them against real ones.
+
+The server: segments fill to ``dataCoord.segment.maxSize`` (512 MB, ~260k rows) before they
+seal (``sealProportion`` 1.0 instead of 0.23), the size compaction would leave them at, so
+IVF_PQ (training included) is built once per 260k rows rather than per 60k; the index is
+created after the one flush, on a collection not loaded while rows stream in (no interim
+indexes). The server is stopped on exit, SIGINT, SIGTERM and SIGHUP, and dies with this
+process even on SIGKILL (PR_SET_PDEATHSIG).
 
 Part 2 (``--images 1000,10000,100000``): the embed job's wall time at each size (tiny
 model, milvus-lite), a least-squares fit t = a + b·n, and the share of per-image CPU time
 in read / decode / embed / protect / write, each stage timed alone in this process.
 
-Usage: ``python bench/scale.py [--vectors 1000000] [--images 1000,10000,100000] [--skip-index] [--skip-job]``
+Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [--plan-sample 20000] [--images 1000,10000,100000] [--skip-index] [--skip-job]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,150 +62,314 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DIM, K, RERANK = 512, 10, 5
+PLAN_MS = (8, 16, 32, 64)  # the target: index memory <= 64 bytes/vector, so m <= 64 at 8-bit codes
 
 
 # --- part 1: the index on a Milvus server ----------------------------------------------------
 
 
-def clustered(n: int, seed: int, centres: np.ndarray, spread: float, offset: np.ndarray | None = None) -> np.ndarray:
-    """Unit vectors around ``centres`` (+ a shared offset), in float32."""
-    rng = np.random.default_rng(seed)
-    x = centres[rng.integers(0, len(centres), n)] + spread * rng.standard_normal((n, centres.shape[1]), dtype=np.float32)
-    if offset is not None:
-        x += offset
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+class LowRank:
+    """CLIP-like unit vectors (the default data; see the module docstring): topic centres and
+    within-topic variation both follow a power-law spectrum (variance of the i-th direction
+    ∝ i^-alpha) in a random orthonormal basis, plus one mean vector per modality."""
+
+    def __init__(self, n_topics: int, alpha: float = 1.0, spread: float = 0.7, mean_norm: float = 0.9, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].astype(np.float32)
+        scale = np.arange(1, DIM + 1, dtype=np.float64) ** (-alpha / 2)
+        self.scale = (scale / np.linalg.norm(scale)).astype(np.float32)  # a topic centre has norm ~1
+        self.topics = rng.standard_normal((n_topics, DIM), dtype=np.float32) * self.scale
+        means = rng.standard_normal((2, DIM)).astype(np.float32)
+        means *= mean_norm / np.linalg.norm(means, axis=1, keepdims=True)
+        self.means = {"image": means[0], "text": means[1]}
+        self.spread = {"image": spread, "text": spread * 4 / 3}  # a caption pins its topic down less than a photo
+
+    def sample(self, n: int, seed: int, modality: str = "image") -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        z = self.topics[rng.integers(0, len(self.topics), n)]
+        z += self.spread[modality] * rng.standard_normal((n, DIM), dtype=np.float32) * self.scale
+        x = z @ self.basis.T + self.means[modality]
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
-    """Exact top-k by inner product, over the base in chunks (bounded memory)."""
+class Isotropic:
+    """The earlier generator (``--data isotropic``): isotropic Gaussian noise as large as the
+    centre around each of the centres, text queries offset by one shared random vector."""
+
+    def __init__(self, n_topics: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.centres = rng.standard_normal((n_topics, DIM), dtype=np.float32)
+        self.gap = rng.standard_normal(DIM, dtype=np.float32)
+
+    def sample(self, n: int, seed: int, modality: str = "image") -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        x = self.centres[rng.integers(0, len(self.centres), n)]
+        x = x + (0.9 if modality == "image" else 1.2) * rng.standard_normal((n, DIM), dtype=np.float32)
+        if modality == "text":
+            x += self.gap
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (ids, scores) by inner product, over the base in chunks (bounded memory)."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.zeros((len(queries), k), np.int64)
     for start in range(0, len(base), chunk):
         s = queries @ base[start:start + chunk].T
-        idx = np.argpartition(-s, k, axis=1)[:, :k]
+        kk = min(k, s.shape[1] - 1)
+        idx = np.argpartition(-s, kk, axis=1)[:, :kk + 1]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, idx, 1)], 1)
         cand_i = np.concatenate([best_i, idx + start], 1)
         order = np.argsort(-cand_s, 1)[:, :k]
         best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
-    return best_i
+    return best_i, best_s
 
 
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K]) & set(t)) / K for f, t in zip(found, truth)]))
+    return float(np.mean([len(set(f[:K]) & set(t[:K])) / K for f, t in zip(found, truth)]))
 
 
-def load(client, name: str, vectors: np.ndarray, index: dict, batch: int = 20_000) -> float:
-    """Create a minimal collection (int id, vector), insert, build the index; returns seconds."""
+def describe_data(base: np.ndarray, scores: dict[str, np.ndarray], text_q: np.ndarray) -> str:
+    """What the data looks like, measured, so it can be compared with real embeddings."""
+    rng = np.random.default_rng(5)
+    some = base[rng.choice(len(base), min(len(base), 2000), replace=False)]
+    pair = some @ some.T
+    sample = base[rng.choice(len(base), min(len(base), 20_000), replace=False)]
+    var = np.linalg.svd(sample - sample.mean(0), compute_uv=False) ** 2
+    share = np.cumsum(var) / var.sum()
+    nn = {q: "/".join(f"{s[:, j].mean():.2f}" for j in (0, 9, 99) if j < s.shape[1]) for q, s in scores.items()}
+    return (f"data: mean cosine image-image {pair[np.triu_indices(len(some), 1)].mean():.2f}, text-image "
+            f"{(text_q @ some.T).mean():.2f}; cosine of the 1st/10th/100th nearest neighbour: image queries {nn['image']}, "
+            f"text queries {nn['text']}; variance in the top 16/64/128 principal directions "
+            f"{share[15]:.0%}/{share[63]:.0%}/{share[127]:.0%}")
+
+
+@contextmanager
+def milvus_server(base_dir: Path, config: dict):
+    """The embedded Milvus server, always stopped: on return, exception, SIGINT, SIGTERM, SIGHUP
+    (unless ignored, as under nohup), and — via PR_SET_PDEATHSIG — even when this process is
+    SIGKILLed, so no orphaned ``milvus run`` keeps ports 19530/2379/9091."""
+    import atexit
+    import ctypes
+    import signal
+    import subprocess
+
+    from milvus import MilvusServer
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def die_with_parent() -> None:
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            saved[sig] = signal.signal(sig, interrupt)
+    server = MilvusServer()
+    server.set_base_dir(str(base_dir))
+    server.config.set("common.session.ttl", 5)
+    for key, value in config.items():
+        server.config.set(key, value)
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, preexec_fn=die_with_parent)
+    atexit.register(server.stop)
+    try:
+        try:
+            server.start()
+        finally:
+            subprocess.Popen = popen
+        yield server
+    finally:
+        pid = server.server_proc.pid if server.server_proc else None
+        server.stop()
+        atexit.unregister(server.stop)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pid is not None and Path(f"/proc/{pid}").exists() and "milvus" in Path(f"/proc/{pid}/cmdline").read_text():
+            print(f"WARNING: milvus server {pid} still running after stop", file=sys.stderr)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(client, name: str, vectors: np.ndarray, index: dict, batch: int, timeout: float) -> dict:
+    """Create a minimal collection (int id, vector), insert, flush, build the index, load it.
+
+    The collection is created without an index, so it is not loaded while rows stream in
+    (no interim indexes on growing segments); the index is built on the sealed segments
+    after the one flush. Returns the seconds of each step."""
     from pymilvus import DataType, MilvusClient
 
+    t = {}
     started = time.perf_counter()
     if client.has_collection(name):
         client.drop_collection(name)
     schema = MilvusClient.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+    client.create_collection(name, schema=schema)
+    for s in range(0, len(vectors), batch):
+        rows = vectors[s:s + batch].tolist()
+        client.insert(name, [{"id": s + i, "vector": v} for i, v in enumerate(rows)])
+    t["insert"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    client.flush(name)
+    t["flush"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     params = client.prepare_index_params()
     params.add_index(field_name="vector", metric_type="COSINE", **index)
-    client.create_collection(name, schema=schema, index_params=params)
-    for s in range(0, len(vectors), batch):
-        client.insert(name, [{"id": s + i, "vector": v.tolist()} for i, v in enumerate(vectors[s:s + batch])])
-    client.flush(name)
+    client.create_index(name, params, sync=False)  # wait below, with progress
+    last = mark
     while True:
         d = client.describe_index(name, "vector")
+        if d.get("state") == "Failed":
+            raise RuntimeError(f"index build failed: {d}")
         if d.get("pending_index_rows", 0) == 0 and d.get("indexed_rows", 0) >= len(vectors):
             break
+        now = time.perf_counter()
+        if now - mark > timeout:
+            raise TimeoutError(f"index not built after {timeout:.0f} s: {d}")
+        if now - last >= 60:
+            print(f"  {name}: {now - mark:.0f} s building, {d.get('indexed_rows')} of {len(vectors)} rows indexed", flush=True)
+            last = now
         time.sleep(1)
-    client.release_collection(name)
-    client.load_collection(name)  # so searches use the built index
-    return time.perf_counter() - started
+    t["build"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    client.load_collection(name)
+    t["load"] = time.perf_counter() - mark
+    t["total"] = time.perf_counter() - started
+    return t
 
 
-def search(client, name: str, queries: np.ndarray, search_params: dict, base: np.ndarray, rerank: bool) -> list[list[int]]:
+def search(client, name: str, queries: np.ndarray, search_params: dict, rerank: bool) -> list[list[int]]:
     """Top-k ids; with ``rerank``, RERANK×k candidates re-ranked exactly with their stored vectors."""
     limit = K * RERANK if rerank else K
-    res = client.search(name, data=queries.tolist(), limit=limit, search_params={"metric_type": "COSINE", "params": search_params},
-                        output_fields=["vector"] if rerank else [])
     out = []
-    for q, hits in zip(queries, res):
-        if rerank:
-            vecs = np.array([h["entity"]["vector"] for h in hits], np.float32)
-            order = np.argsort(-(vecs @ q))
-            out.append([hits[i]["id"] for i in order[:K]])
-        else:
-            out.append([h["id"] for h in hits])
+    for s in range(0, len(queries), 50):
+        qs = queries[s:s + 50]
+        res = client.search(name, data=qs.tolist(), limit=limit, search_params={"metric_type": "COSINE", "params": search_params},
+                            output_fields=["vector"] if rerank else [])
+        for q, hits in zip(qs, res):
+            if rerank:
+                vecs = np.array([h["entity"]["vector"] for h in hits], np.float32)
+                order = np.argsort(-(vecs @ q))
+                out.append([hits[i]["id"] for i in order[:K]])
+            else:
+                out.append([h["id"] for h in hits])
     return out
 
 
-def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency: int, seconds: float) -> float:
+def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    """Single-query searches (top-k, no re-rank) from ``concurrency`` threads for ``seconds``:
+    (queries/s, p50 ms, p99 ms)."""
     deadline = time.perf_counter() + seconds
 
-    def worker(offset: int) -> int:
-        done = 0
+    def worker(offset: int) -> list[float]:
+        lat = []
         while time.perf_counter() < deadline:
-            q = queries[(offset + done) % len(queries)]
+            q = queries[(offset + len(lat)) % len(queries)]
+            t = time.perf_counter()
             client.search(name, data=[q.tolist()], limit=K, search_params={"metric_type": "COSINE", "params": search_params})
-            done += 1
-        return done
+            lat.append(time.perf_counter() - t)
+        return lat
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        total = sum(pool.map(worker, range(concurrency)))
-    return total / (time.perf_counter() - started)
+        lat = [x for part in pool.map(worker, range(0, concurrency * 37, 37)) for x in part]
+    elapsed = time.perf_counter() - started
+    return len(lat) / elapsed, 1000 * float(np.percentile(lat, 50)), 1000 * float(np.percentile(lat, 99))
 
 
-def index_part(n: int, queries_n: int, qps_seconds: float) -> None:
-    from milvus import MilvusServer
+def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sample: int, batch: int, build_timeout: float,
+               alpha: float = 1.0, spread: float = 0.7) -> None:
     from pymilvus import MilvusClient
 
     from pixlake.platform.index_plan import plan_index
 
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((max(100, n // 500), DIM), dtype=np.float32)
-    gap = rng.standard_normal(DIM, dtype=np.float32)  # one offset shared by all text queries, as large as a centre
     t0 = time.perf_counter()
-    base = np.concatenate([clustered(min(100_000, n - s), 1 + s, centres, 0.9) for s in range(0, n, 100_000)])
-    image_q = clustered(queries_n, 999, centres, 0.9)
-    text_q = clustered(queries_n, 998, centres, 1.2, offset=gap)
-    print(f"== index on a Milvus server: {n:,} clustered {DIM}-d vectors (generated in {time.perf_counter() - t0:.0f} s), "
-          f"{queries_n} image and {queries_n} text queries, k={K}")
-    truth = {"image": exact_topk(image_q, base, K), "text": exact_topk(text_q, base, K)}
-    sample = base[rng.permutation(n)[:min(n, 20_000)]]  # plan-index's default sample
+    gen = LowRank(max(100, n // 500), alpha, spread) if data == "lowrank" else Isotropic(max(100, n // 500))
+    base = np.concatenate([gen.sample(min(100_000, n - s), 1 + s) for s in range(0, n, 100_000)])
+    image_q, text_q = gen.sample(queries_n, 999), gen.sample(queries_n, 998, "text")
+    print(f"== index on a Milvus server: {n:,} {data}{f' (alpha {alpha}, spread {spread})' if data == 'lowrank' else ''} {DIM}-d vectors (generated in {time.perf_counter() - t0:.0f} s), "
+          f"{queries_n} image and {queries_n} text queries, k={K}, re-rank {RERANK}x{K}", flush=True)
     t0 = time.perf_counter()
-    plan = plan_index(sample, sample, np.arange(min(500, len(sample))), text_q[:200], lambda q: q,
-                      rerank_factor=RERANK, corpus_rows=n)
-    print(f"plan (faiss, {len(sample):,}-row sample, {time.perf_counter() - t0:.0f} s): m={plan.params['m']} "
-          f"nlist={plan.params['nlist']} nprobe={plan.search_params['nprobe']} met={plan.met}")
+    truth, scores = {}, {}
+    for q, qs in (("image", image_q), ("text", text_q)):
+        truth[q], scores[q] = exact_topk(qs, base, 100)
+    print(f"exact top-100 in numpy: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(describe_data(base, scores, text_q), flush=True)
+
+    # Two plans, both trained on the first ``plan_sample`` rows (the generator is i.i.d., so
+    # they are a random sample), text queries separate from the measured ones, m <= 64 (the
+    # target is <= 64 index bytes/vector), no OPQ (Milvus's IVF_PQ has no rotation):
+    # - as plan-index does today: recall measured on the sample alone;
+    # - the one the server gets: recall measured on all N rows (the corpus's density).
+    plan_text = gen.sample(200, 997, "text")
+    plans = {}
+    for label, rows in (("sample only", min(n, plan_sample)), ("all rows", n)):
+        if label == "all rows" and rows == plans["sample only"][0].rows_sampled:
+            plans[label] = plans["sample only"]
+            continue
+        t0 = time.perf_counter()
+        plan = plan_index(base[:rows], base[:rows], np.arange(min(500, rows)), plan_text, lambda q: q,
+                          rerank_factor=RERANK, corpus_rows=n, ms=PLAN_MS, opq=False, train_rows=plan_sample)
+        plans[label] = (plan, time.perf_counter() - t0)
+        print(f"plan ({label}: faiss, trained on {min(n, plan_sample):,} rows, measured on {rows:,}, "
+              f"{plans[label][1]:.0f} s): m={plan.params['m']} nlist={plan.params['nlist']} "
+              f"nprobe={plan.search_params['nprobe']} met={plan.met}; recall@10 image / text, PQ (re-ranked), "
+              "per m at its nprobe: " + "; ".join(
+                  f"m={c['m']} nprobe={c['nprobe']}: {c['recall']['image_to_image']['pq']:.3f} "
+                  f"({c['recall']['image_to_image']['reranked']:.3f}) / {c['recall']['text_to_image']['pq']:.3f} "
+                  f"({c['recall']['text_to_image']['reranked']:.3f})" for c in plan.candidates), flush=True)
+    plan = plans["all rows"][0]
 
     work = Path(tempfile.mkdtemp(prefix="pixlake-scale-"))
-    server = MilvusServer()
-    server.set_base_dir(str(work / "milvus"))
-    server.config.set("common.session.ttl", 5)
-    server.start()
-    try:
+    # Segments fill to dataCoord.segment.maxSize (512 MB, ~260k rows here) before sealing,
+    # as compaction would leave them, instead of sealing at 23% (~60k rows) and building
+    # IVF_PQ (training included) once per small segment.
+    with milvus_server(work / "milvus", {"dataCoord.segment.sealProportion": 1.0}) as server:
         client = MilvusClient(f"http://127.0.0.1:{server.listen_port}")
+        pid = server.server_proc.pid
+        print(f"milvus server RSS before any collection: {rss_mib(pid):.0f} MiB", flush=True)
         rows = []
         for label, index, sp in (
             ("FLAT (exact)", {"index_type": "FLAT", "params": {}}, {}),
-            (f"IVF_PQ m={plan.params['m']}", {"index_type": "IVF_PQ", "params": plan.params}, plan.search_params),
+            (f"IVF_PQ m={plan.params['m']} nlist={plan.params['nlist']} nprobe={plan.search_params['nprobe']}",
+             {"index_type": "IVF_PQ", "params": plan.params}, plan.search_params),
         ):
             name = "flat" if index["index_type"] == "FLAT" else "ivfpq"
-            build = load(client, name, base, index)
-            r = {q: {"plain": recall(search(client, name, qs, sp, base, False), truth[q]),
-                     "reranked": recall(search(client, name, qs, sp, base, True), truth[q])}
+            t = load(client, name, base, index, batch, build_timeout)
+            rss = rss_mib(pid)
+            print(f"{label}: insert {t['insert']:.0f} s, flush {t['flush']:.0f} s, index build {t['build']:.0f} s, "
+                  f"load {t['load']:.0f} s; server RSS {rss:.0f} MiB", flush=True)
+            r = {q: {"plain": recall(search(client, name, qs, sp, False), truth[q]),
+                     "reranked": recall(search(client, name, qs, sp, True), truth[q])}
                  for q, qs in (("image", image_q), ("text", text_q))}
+            rss = (rss, rss_mib(pid))  # the re-rank's reads pull raw vectors in (IVF_PQ holds only codes)
             q1 = qps(client, name, image_q, sp, 1, qps_seconds)
             q16 = qps(client, name, image_q, sp, 16, qps_seconds)
             bpv = 4 * DIM if index["index_type"] == "FLAT" else plan.params["m"]
-            rows.append((label, bpv, r, q1, q16, build))
-        print("| index | bytes/vector | recall@10 image (re-ranked) | recall@10 text (re-ranked) | QPS c=1 | QPS c=16 | load+build s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for label, bpv, r, q1, q16, build in rows:
+            rows.append((label, bpv, r, q1, q16, t, rss))
+            print(f"{label}: measured", flush=True)
+            client.drop_collection(name)  # one collection in memory at a time
+        print("| index | index bytes/vector | recall@10 image (re-ranked) | recall@10 text (re-ranked) | QPS c=1 (p50/p99 ms) "
+              "| QPS c=16 (p50/p99 ms) | insert+flush s | build s | load s | server RSS MiB after load / after re-rank reads |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label, bpv, r, q1, q16, t, rss in rows:
             print(f"| {label} | {bpv} | {r['image']['plain']:.3f} ({r['image']['reranked']:.3f}) | "
-                  f"{r['text']['plain']:.3f} ({r['text']['reranked']:.3f}) | {q1:.1f} | {q16:.1f} | {build:.0f} |")
+                  f"{r['text']['plain']:.3f} ({r['text']['reranked']:.3f}) | {q1[0]:.1f} ({q1[1]:.1f}/{q1[2]:.1f}) | "
+                  f"{q16[0]:.1f} ({q16[1]:.1f}/{q16[2]:.1f}) | {t['insert'] + t['flush']:.0f} | {t['build']:.0f} | "
+                  f"{t['load']:.0f} | {rss[0]:.0f} / {rss[1]:.0f} |")
         flat, pq = rows
-        print(f"IVF_PQ vs FLAT: {flat[1] / pq[1]:.0f}x fewer index bytes/vector, QPS c=16 ratio {pq[4] / flat[4]:.2f}")
-    finally:
-        server.stop()
+        print(f"IVF_PQ vs FLAT: {flat[1] / pq[1]:.0f}x fewer index bytes/vector, QPS c=1 ratio {pq[3][0] / flat[3][0]:.2f}, "
+              f"c=16 ratio {pq[4][0] / flat[4][0]:.2f}", flush=True)
 
 
 # --- part 2: the embed job ---------------------------------------------------------------------
@@ -252,12 +448,19 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--qps-seconds", type=float, default=10.0)
+    parser.add_argument("--data", choices=("lowrank", "isotropic"), default="lowrank")
+    parser.add_argument("--alpha", type=float, default=1.0, help="lowrank: variance of the i-th direction ~ i^-alpha")
+    parser.add_argument("--spread", type=float, default=0.7, help="lowrank: within-topic spread relative to the topic spread")
+    parser.add_argument("--plan-sample", type=int, default=20_000, help="rows the plans train on; the sample-only plan also measures on them (plan-index default)")
+    parser.add_argument("--batch", type=int, default=20_000, help="rows per insert call")
+    parser.add_argument("--build-timeout", type=float, default=2400.0, help="seconds to wait for an index build")
     parser.add_argument("--images", default="1000,10000,100000")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
     args = parser.parse_args()
     if not args.skip_index:
-        index_part(args.vectors, args.queries, args.qps_seconds)
+        index_part(args.vectors, args.queries, args.qps_seconds, args.data, args.plan_sample, args.batch, args.build_timeout,
+                   args.alpha, args.spread)
     if not args.skip_job:
         job_part([int(x) for x in args.images.split(",")])
 

@@ -84,11 +84,25 @@ class IndexPlan:
             raise ConfigError(f"index plan {path}: {e}") from e
 
 
-def _exact_topk(queries: np.ndarray, base: np.ndarray, k: int, exclude: Optional[np.ndarray]) -> np.ndarray:
-    scores = queries @ base.T
-    if exclude is not None:
-        scores[np.arange(len(queries)), exclude] = -np.inf
-    return np.argsort(-scores, axis=1)[:, :k]
+def _exact_topk(queries: np.ndarray, base: np.ndarray, k: int, exclude: Optional[np.ndarray],
+                chunk: int = 100_000) -> np.ndarray:
+    """Exact top-k ids by inner product, best first, over ``base`` in chunks (memory bounded
+    by queries × chunk, so a sample of millions of rows can be measured)."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(base), chunk):
+        scores = queries @ base[start:start + chunk].T
+        if exclude is not None:
+            own = (exclude >= start) & (exclude < start + scores.shape[1])
+            scores[np.nonzero(own)[0], exclude[own] - start] = -np.inf
+        kk = min(k, scores.shape[1])
+        idx = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < scores.shape[1] else \
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+        cand_s = np.concatenate([best_s, np.take_along_axis(scores, idx, 1)], 1)
+        cand_i = np.concatenate([best_i, idx + start], 1)
+        order = np.argsort(-cand_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_i
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -131,10 +145,12 @@ def train_quantizer(stored: np.ndarray, nlist: int):
     return quantizer
 
 
-def build_index(stored: np.ndarray, m: int, nlist: int, opq: bool = False, quantizer=None):
+def build_index(stored: np.ndarray, m: int, nlist: int, opq: bool = False, quantizer=None,
+                train: Optional[np.ndarray] = None):
     """Train and fill a faiss IVF-PQ index (8-bit codes, inner product on normalised vectors,
     which is Milvus's COSINE); with ``opq``, an OPQ rotation first (Milvus's IVF_PQ has none).
-    A trained ``quantizer`` (see :func:`train_quantizer`) is reused rather than retrained."""
+    A trained ``quantizer`` (see :func:`train_quantizer`) is reused rather than retrained;
+    ``train`` (default ``stored``) are the rows the codebooks are trained on."""
     import faiss
 
     base = _normalise(stored)
@@ -149,13 +165,13 @@ def build_index(stored: np.ndarray, m: int, nlist: int, opq: bool = False, quant
     # extra k-means runs); Milvus's IVF_PQ has no such thing, so it would measure another index.
     ivf.do_polysemous_training = False
     with _quiet_stderr():
-        index.train(base)
+        index.train(base if train is None else _normalise(train))
     index.add(base)
     return index
 
 
 def measure(index, plain: np.ndarray, queries: dict[str, tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]],
-            nprobe: int, k: int, rerank_factor: int) -> dict:
+            nprobe: int, k: int, rerank_factor: int, truths: Optional[dict[str, np.ndarray]] = None) -> dict:
     """Recall@k of ``index`` for each query set, from the PQ ranking alone and after the exact re-rank.
 
     Args:
@@ -164,13 +180,14 @@ def measure(index, plain: np.ndarray, queries: dict[str, tuple[np.ndarray, np.nd
         queries: name -> (query as sent to the index, plaintext query, index of the query's own row
             to exclude, or None).
         nprobe: lists probed; k, rerank_factor: hits, and candidates fetched per hit for the re-rank.
+        truths: name -> exact top-k ids, when already computed (else computed here).
     """
     import faiss
 
     faiss.extract_index_ivf(index).nprobe = nprobe
     out = {}
     for name, (sent, truth_q, own) in queries.items():
-        truth = _exact_topk(truth_q, plain, k, own)
+        truth = truths[name] if truths is not None else _exact_topk(truth_q, plain, k, own)
         _, ids = index.search(_normalise(sent), k * rerank_factor + (1 if own is not None else 0))
         if own is not None:
             ids = np.where(ids == own[:, None], -1, ids)
@@ -188,7 +205,7 @@ def plan_index(
     stored: np.ndarray, plain: np.ndarray, image_queries: np.ndarray, text_queries: np.ndarray,
     encrypt_query: Callable[[np.ndarray], np.ndarray], *, target: float = 0.95, k: int = 10,
     rerank_factor: int = 5, ms: Sequence[int] = MS, nprobes: Sequence[int] = NPROBES, corpus_rows: Optional[int] = None,
-    opq: bool = True,
+    opq: bool = True, train_rows: Optional[int] = None,
 ) -> IndexPlan:
     """Measure every PQ size and pick the smallest whose recall@k after re-rank meets ``target``
     for both query types (the smallest nprobe that does, for that size).
@@ -199,6 +216,10 @@ def plan_index(
         text_queries: plaintext text embeddings.
         encrypt_query: how a plaintext query reaches the index (identity without encryption).
         corpus_rows: the collection's size (nlist is chosen from it), default the sample size.
+        train_rows: train the quantizer and codebooks on the first ``train_rows`` rows only (pass
+            the rows in random order) and measure on all of them. Recall falls as rows get denser (at the same code size the
+            true top-k are closer together), so a 20k sample overstates recall on a 1M corpus;
+            measuring on many rows while training on a few keeps the plan honest and affordable.
 
     Raises:
         ConfigError: too few rows to train a PQ index.
@@ -206,24 +227,27 @@ def plan_index(
     n, d = stored.shape
     if n < 256:
         raise ConfigError(f"index planning needs at least 256 rows to train PQ codebooks; the sample has {n}")
+    train = stored[:train_rows] if train_rows is not None and train_rows < n else stored
     nlist = choose_nlist(corpus_rows or n)
-    nlist = min(nlist, choose_nlist(n))  # the sample must be able to train the lists it plans
+    nlist = min(nlist, choose_nlist(len(train)))  # the sample must be able to train the lists it plans
     sets = {
         "image_to_image": (encrypt_query(plain[image_queries]), plain[image_queries], np.asarray(image_queries)),
         "text_to_image": (encrypt_query(_normalise(text_queries)), _normalise(text_queries), None),
     }
+    truths = {name: _exact_topk(truth_q, plain, k, own) for name, (_, truth_q, own) in sets.items()}
     candidates: list[Candidate] = []
     chosen: Optional[Candidate] = None
-    quantizer = train_quantizer(stored, nlist)
+    quantizer = train_quantizer(train, nlist)
     for m in (m for m in ms if d % m == 0 and m <= d):
-        index = build_index(stored, m, nlist, quantizer=quantizer)
+        index = build_index(stored, m, nlist, quantizer=quantizer, train=train)
         for nprobe in (p for p in nprobes if p <= nlist):
             best = Candidate(m=m, nprobe=nprobe, bytes_per_vector=m,
-                             recall=measure(index, plain, sets, nprobe, k, rerank_factor))
+                             recall=measure(index, plain, sets, nprobe, k, rerank_factor, truths))
             if all(r["reranked"] >= target for r in best.recall.values()):
                 break
         if opq:
-            best.opq_recall = measure(build_index(stored, m, nlist, opq=True), plain, sets, best.nprobe, k, rerank_factor)
+            best.opq_recall = measure(build_index(stored, m, nlist, opq=True, train=train), plain, sets, best.nprobe, k,
+                                      rerank_factor, truths)
         candidates.append(best)
         if chosen is None and all(r["reranked"] >= target for r in best.recall.values()):
             chosen = best
