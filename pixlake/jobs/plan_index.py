@@ -23,7 +23,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     add_store_flags(parser)
     add_encoder_flags(parser)
     parser.add_argument("--tenant", default="default", help="tenant whose rows are sampled (default 'default')")
-    parser.add_argument("--sample", type=int, default=20_000, help="rows sampled (default 20000)")
+    parser.add_argument("--sample", type=int, default=20_000, help="rows the index is trained on (default 20000)")
+    parser.add_argument("--measure-rows", type=int, default=200_000,
+                        help="rows recall is measured on, at most the collection's (default 200000): more than "
+                        "the training sample, since recall falls as rows get denser")
     parser.add_argument("--queries", type=int, default=500, help="image queries, and at most this many text queries")
     parser.add_argument("--text-field", default="caption", help="metadata field whose values are the text queries")
     parser.add_argument("--text-file", type=Path, help="text queries, one per line (instead of --text-field)")
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection},
                                            "encoder": {"model": args.model, "pretrained": args.pretrained}})
     texts = args.text_file.read_text().splitlines() if args.text_file else None
-    plan = plan_from_collection(settings, args.tenant, sample=args.sample, queries=args.queries, texts=texts,
+    plan = plan_from_collection(settings, args.tenant, sample=args.sample, measure_rows=args.measure_rows,
+                                queries=args.queries, texts=texts,
                                 text_field=args.text_field, target=args.target, k=args.k, opq=args.opq)
     plan.save(args.out)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan_summary(plan, args.out))

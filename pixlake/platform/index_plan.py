@@ -277,13 +277,15 @@ def plan_summary(plan: IndexPlan, path: Path) -> str:
     return "\n".join(lines)
 
 
-def plan_from_collection(settings, tenant: str, *, sample: int = 20_000, queries: int = 500,
-                         texts: Optional[Sequence[str]] = None, text_field: str = "caption",
+def plan_from_collection(settings, tenant: str, *, sample: int = 20_000, measure_rows: int = 200_000,
+                         queries: int = 500, texts: Optional[Sequence[str]] = None, text_field: str = "caption",
                          target: float = 0.95, k: int = 10, opq: bool = False) -> IndexPlan:
-    """Plan the index of the configured collection from a sample of its rows.
+    """Plan the index of the configured collection: train on ``sample`` rows, measure on up
+    to ``measure_rows`` (recall falls as rows get denser, so a plan measured only on its
+    training sample overstates what the index delivers on the whole collection).
 
-    The sample's stored vectors (ciphertexts when encrypted) train the index exactly as
-    Milvus would see them; their decrypted vectors are the truth and the re-rank.
+    The stored vectors (ciphertexts when encrypted) train the index exactly as Milvus would
+    see them; their decrypted vectors are the truth and the re-rank.
 
     Raises:
         ConfigError: no text queries (neither ``texts`` nor values of ``text_field``), or too few rows.
@@ -306,7 +308,7 @@ def plan_from_collection(settings, tenant: str, *, sample: int = 20_000, queries
                     stored.append(row[R.VECTOR])
                     plain.append(revealed[row[R.ID]][R.VECTOR])
                     meta.append(revealed[row[R.ID]][R.META])
-            if len(stored) >= sample:
+            if len(stored) >= max(sample, measure_rows):
                 break
         total = collection.store.count(build_filter(tenant))
         if texts is None:
@@ -316,7 +318,8 @@ def plan_from_collection(settings, tenant: str, *, sample: int = 20_000, queries
         rng = np.random.default_rng(0)
         texts = [texts[i] for i in rng.permutation(len(texts))[:queries]]
         text_vectors = encoder.embed_texts(texts)
-        stored_a, plain_a = np.asarray(stored[:sample], np.float32), _normalise(np.asarray(plain[:sample]))
+        rows = max(sample, measure_rows)
+        stored_a, plain_a = np.asarray(stored[:rows], np.float32), _normalise(np.asarray(plain[:rows]))
         image_queries = rng.permutation(len(stored_a))[:queries]
         gov = collection.governance
 
@@ -324,6 +327,7 @@ def plan_from_collection(settings, tenant: str, *, sample: int = 20_000, queries
             return np.stack([gov.encrypt_query(tenant, v) for v in q])
 
         return plan_index(stored_a, plain_a, image_queries, text_vectors, encrypt, target=target, k=k,
-                          rerank_factor=settings.governance.rerank_factor, corpus_rows=total, opq=opq)
+                          rerank_factor=settings.governance.rerank_factor, corpus_rows=total, opq=opq,
+                          train_rows=sample)
     finally:
         collection.close()
