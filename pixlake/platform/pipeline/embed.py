@@ -60,16 +60,20 @@ class EmbedImages:
         rows = batch.to_pylist()
         pixels = {}  # row → (H, W, 3) uint8 tensor on the encoder's device
         host = [i for i, r in enumerate(rows) if r["status"] == OK and r["pixels"]]
+        host_batch = None
         if host:  # decoded by the CPU tasks: one copy to the device
             stacked = np.stack([np.frombuffer(rows[i]["pixels"], np.uint8).reshape(self.shape) for i in host])
-            pixels.update(zip(host, torch.from_numpy(stacked).to(self.encoder.device).unbind(0)))
+            host_batch = torch.from_numpy(stacked).to(self.encoder.device)
+            pixels.update(zip(host, host_batch.unbind(0)))
         jpegs = [i for i, r in enumerate(rows) if r["status"] == OK and r.get("jpeg")]
         if jpegs:
             pixels.update(self._decode_jpegs(rows, jpegs))
         todo = sorted(pixels)
         vectors = np.zeros((len(rows), self.encoder.dim), np.float32)
         if todo:
-            vectors[todo] = self.encoder.embed_pixels(torch.stack([pixels[i] for i in todo]))
+            # No JPEG rows: the host batch is already the whole batch, in order; no second copy.
+            batch = host_batch if todo == host else torch.stack([pixels[i] for i in todo])
+            vectors[todo] = self.encoder.embed_pixels(batch)
         for r, v in zip(rows, vectors):
             r.pop("pixels"), r.pop("jpeg", None)
             r["vector"] = v
