@@ -61,8 +61,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DIM, K, RERANK = 512, 10, 5
+DIM, K = 512, 10
 PLAN_MS = (8, 16, 32, 64)  # the target: index memory <= 64 bytes/vector, so m <= 64 at 8-bit codes
+SEGMENT_ROWS = 262_144  # 512 MB of 512-d float32 vectors: index_plan.segment_rows_for(512), the server's segments
 
 
 # --- part 1: the index on a Milvus server ----------------------------------------------------
@@ -248,9 +249,9 @@ def load(client, name: str, vectors: np.ndarray, index: dict, batch: int, timeou
     return t
 
 
-def search(client, name: str, queries: np.ndarray, search_params: dict, rerank: bool) -> list[list[int]]:
-    """Top-k ids; with ``rerank``, RERANK×k candidates re-ranked exactly with their stored vectors."""
-    limit = K * RERANK if rerank else K
+def search(client, name: str, queries: np.ndarray, search_params: dict, rerank: int = 0) -> list[list[int]]:
+    """Top-k ids; with ``rerank`` (a factor), rerank×k candidates re-ranked exactly with their stored vectors."""
+    limit = K * rerank if rerank else K
     out = []
     for s in range(0, len(queries), 50):
         qs = queries[s:s + 50]
@@ -266,9 +267,11 @@ def search(client, name: str, queries: np.ndarray, search_params: dict, rerank: 
     return out
 
 
-def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency: int, seconds: float) -> tuple[float, float, float]:
-    """Single-query searches (top-k, no re-rank) from ``concurrency`` threads for ``seconds``:
-    (queries/s, p50 ms, p99 ms)."""
+def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency: int, seconds: float,
+        rerank: int = 0) -> tuple[float, float, float]:
+    """Single-query searches from ``concurrency`` threads for ``seconds``: (queries/s, p50 ms, p99 ms).
+    Top-k ids alone, or with ``rerank`` the store's query: rerank×k candidates with their full
+    vectors read back, re-ranked exactly."""
     deadline = time.perf_counter() + seconds
 
     def worker(offset: int) -> list[float]:
@@ -276,7 +279,10 @@ def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency
         while time.perf_counter() < deadline:
             q = queries[(offset + len(lat)) % len(queries)]
             t = time.perf_counter()
-            client.search(name, data=[q.tolist()], limit=K, search_params={"metric_type": "COSINE", "params": search_params})
+            if rerank:
+                search(client, name, q[None], search_params, rerank)
+            else:
+                client.search(name, data=[q.tolist()], limit=K, search_params={"metric_type": "COSINE", "params": search_params})
             lat.append(time.perf_counter() - t)
         return lat
 
@@ -291,14 +297,14 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
                alpha: float = 1.0, spread: float = 0.7) -> None:
     from pymilvus import MilvusClient
 
-    from pixlake.platform.index_plan import plan_index
+    from pixlake.platform.index_plan import plan_index, plan_summary
 
     t0 = time.perf_counter()
     gen = LowRank(max(100, n // 500), alpha, spread) if data == "lowrank" else Isotropic(max(100, n // 500))
     base = np.concatenate([gen.sample(min(100_000, n - s), 1 + s) for s in range(0, n, 100_000)])
     image_q, text_q = gen.sample(queries_n, 999), gen.sample(queries_n, 998, "text")
     print(f"== index on a Milvus server: {n:,} {data}{f' (alpha {alpha}, spread {spread})' if data == 'lowrank' else ''} {DIM}-d vectors (generated in {time.perf_counter() - t0:.0f} s), "
-          f"{queries_n} image and {queries_n} text queries, k={K}, re-rank {RERANK}x{K}", flush=True)
+          f"{queries_n} image and {queries_n} text queries, k={K}", flush=True)
     t0 = time.perf_counter()
     truth, scores = {}, {}
     for q, qs in (("image", image_q), ("text", text_q)):
@@ -306,11 +312,12 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
     print(f"exact top-100 in numpy: {time.perf_counter() - t0:.0f} s", flush=True)
     print(describe_data(base, scores, text_q), flush=True)
 
-    # Two plans, both trained on the first ``plan_sample`` rows (the generator is i.i.d., so
-    # they are a random sample), text queries separate from the measured ones, m <= 64 (the
-    # target is <= 64 index bytes/vector), no OPQ (Milvus's IVF_PQ has no rotation):
-    # - as plan-index does today: recall measured on the sample alone;
-    # - the one the server gets: recall measured on all N rows (the corpus's density).
+    # Two plans, both trained on ``plan_sample`` rows per segment (the generator is i.i.d.,
+    # so they are a random sample), text queries separate from the measured ones, m <= 64
+    # (the target is <= 64 index bytes/vector), no OPQ (Milvus's IVF_PQ has no rotation):
+    # - measured on the training sample alone, one segment;
+    # - the one the server gets: measured on all N rows, one index per server segment
+    #   (SEGMENT_ROWS, as the server seals them), re-rank factors 5..40 (plan-index's way).
     plan_text = gen.sample(200, 997, "text")
     plans = {}
     for label, rows in (("sample only", min(n, plan_sample)), ("all rows", n)):
@@ -319,15 +326,10 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
             continue
         t0 = time.perf_counter()
         plan = plan_index(base[:rows], base[:rows], np.arange(min(500, rows)), plan_text, lambda q: q,
-                          rerank_factor=RERANK, corpus_rows=n, ms=PLAN_MS, opq=False, train_rows=plan_sample)
+                          corpus_rows=n, ms=PLAN_MS, opq=False, train_rows=plan_sample, segment_rows=SEGMENT_ROWS)
         plans[label] = (plan, time.perf_counter() - t0)
-        print(f"plan ({label}: faiss, trained on {min(n, plan_sample):,} rows, measured on {rows:,}, "
-              f"{plans[label][1]:.0f} s): m={plan.params['m']} nlist={plan.params['nlist']} "
-              f"nprobe={plan.search_params['nprobe']} met={plan.met}; recall@10 image / text, PQ (re-ranked), "
-              "per m at its nprobe: " + "; ".join(
-                  f"m={c['m']} nprobe={c['nprobe']}: {c['recall']['image_to_image']['pq']:.3f} "
-                  f"({c['recall']['image_to_image']['reranked']:.3f}) / {c['recall']['text_to_image']['pq']:.3f} "
-                  f"({c['recall']['text_to_image']['reranked']:.3f})" for c in plan.candidates), flush=True)
+        print(f"plan ({label}: faiss, trained on {min(n, plan_sample):,} rows per segment, {plans[label][1]:.0f} s)\n"
+              + plan_summary(plan, Path("(not saved)")), flush=True)
     plan = plans["all rows"][0]
 
     work = Path(tempfile.mkdtemp(prefix="pixlake-scale-"))
@@ -339,37 +341,42 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
         pid = server.server_proc.pid
         print(f"milvus server RSS before any collection: {rss_mib(pid):.0f} MiB", flush=True)
         rows = []
-        for label, index, sp in (
-            ("FLAT (exact)", {"index_type": "FLAT", "params": {}}, {}),
-            (f"IVF_PQ m={plan.params['m']} nlist={plan.params['nlist']} nprobe={plan.search_params['nprobe']}",
-             {"index_type": "IVF_PQ", "params": plan.params}, plan.search_params),
+        for label, index, sp, factor in (
+            ("FLAT (exact)", {"index_type": "FLAT", "params": {}}, {}, 1),
+            (f"IVF_PQ m={plan.params['m']} nlist={plan.params['nlist']} nprobe={plan.search_params['nprobe']} "
+             f"re-rank x{plan.rerank_factor}", {"index_type": "IVF_PQ", "params": plan.params}, plan.search_params,
+             plan.rerank_factor),
         ):
             name = "flat" if index["index_type"] == "FLAT" else "ivfpq"
             t = load(client, name, base, index, batch, build_timeout)
             rss = rss_mib(pid)
             print(f"{label}: insert {t['insert']:.0f} s, flush {t['flush']:.0f} s, index build {t['build']:.0f} s, "
-                  f"load {t['load']:.0f} s; server RSS {rss:.0f} MiB", flush=True)
-            r = {q: {"plain": recall(search(client, name, qs, sp, False), truth[q]),
-                     "reranked": recall(search(client, name, qs, sp, True), truth[q])}
+                  f"load {t['load']:.0f} s; server RSS {rss:.0f} MiB; segments "
+                  f"{sorted(seg.num_rows for seg in client.list_loaded_segments(name))}", flush=True)
+            r = {q: {"plain": recall(search(client, name, qs, sp), truth[q]),
+                     "reranked": recall(search(client, name, qs, sp, factor), truth[q])}
                  for q, qs in (("image", image_q), ("text", text_q))}
             rss = (rss, rss_mib(pid))  # the re-rank's reads pull raw vectors in (IVF_PQ holds only codes)
-            q1 = qps(client, name, image_q, sp, 1, qps_seconds)
-            q16 = qps(client, name, image_q, sp, 16, qps_seconds)
+            # QPS of the top-k alone, and of the query pixlake runs (FLAT needs no re-rank: it is exact)
+            q1, q16 = (qps(client, name, image_q, sp, c, qps_seconds) for c in (1, 16))
+            f1, f16 = (qps(client, name, image_q, sp, c, qps_seconds, factor if factor > 1 else 0) for c in (1, 16))
             bpv = 4 * DIM if index["index_type"] == "FLAT" else plan.params["m"]
-            rows.append((label, bpv, r, q1, q16, t, rss))
+            rows.append((label, bpv, r, q1, q16, f1, f16, t, rss))
             print(f"{label}: measured", flush=True)
             client.drop_collection(name)  # one collection in memory at a time
-        print("| index | index bytes/vector | recall@10 image (re-ranked) | recall@10 text (re-ranked) | QPS c=1 (p50/p99 ms) "
-              "| QPS c=16 (p50/p99 ms) | insert+flush s | build s | load s | server RSS MiB after load / after re-rank reads |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for label, bpv, r, q1, q16, t, rss in rows:
+        print("| index | index bytes/vector | recall@10 image (re-ranked) | recall@10 text (re-ranked) | QPS top-k c=1 "
+              "(p50/p99 ms) | QPS top-k c=16 | QPS with re-rank read c=1 | c=16 | insert+flush s | build s | load s "
+              "| server RSS MiB after load / after re-rank reads |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        fmt = lambda q: f"{q[0]:.1f} ({q[1]:.1f}/{q[2]:.1f})"  # noqa: E731
+        for label, bpv, r, q1, q16, f1, f16, t, rss in rows:
             print(f"| {label} | {bpv} | {r['image']['plain']:.3f} ({r['image']['reranked']:.3f}) | "
-                  f"{r['text']['plain']:.3f} ({r['text']['reranked']:.3f}) | {q1[0]:.1f} ({q1[1]:.1f}/{q1[2]:.1f}) | "
-                  f"{q16[0]:.1f} ({q16[1]:.1f}/{q16[2]:.1f}) | {t['insert'] + t['flush']:.0f} | {t['build']:.0f} | "
-                  f"{t['load']:.0f} | {rss[0]:.0f} / {rss[1]:.0f} |")
+                  f"{r['text']['plain']:.3f} ({r['text']['reranked']:.3f}) | {fmt(q1)} | {fmt(q16)} | {fmt(f1)} | {fmt(f16)} | "
+                  f"{t['insert'] + t['flush']:.0f} | {t['build']:.0f} | {t['load']:.0f} | {rss[0]:.0f} / {rss[1]:.0f} |")
         flat, pq = rows
-        print(f"IVF_PQ vs FLAT: {flat[1] / pq[1]:.0f}x fewer index bytes/vector, QPS c=1 ratio {pq[3][0] / flat[3][0]:.2f}, "
-              f"c=16 ratio {pq[4][0] / flat[4][0]:.2f}", flush=True)
+        print(f"IVF_PQ vs FLAT: {flat[1] / pq[1]:.0f}x fewer index bytes/vector; QPS ratio top-k c=1 {pq[3][0] / flat[3][0]:.2f}, "
+              f"c=16 {pq[4][0] / flat[4][0]:.2f}; as queried (IVF_PQ with its re-rank read, FLAT alone) c=1 "
+              f"{pq[5][0] / flat[5][0]:.2f}, c=16 {pq[6][0] / flat[6][0]:.2f}", flush=True)
 
 
 # --- part 2: the embed job ---------------------------------------------------------------------

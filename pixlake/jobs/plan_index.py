@@ -1,8 +1,10 @@
 """Index planning: ``python -m pixlake.jobs.plan_index --db URI --collection NAME [flags]``.
 
 Samples a collection's rows (as stored, and decrypted), measures faiss IVF-PQ at every code
-size for image→image and text→image queries separately, with and without the store's exact
-re-rank, and saves the smallest plan that meets the recall target. A Milvus server applies
+size, one index per Milvus segment as a server builds it, for image→image and text→image
+queries separately, with and without the store's exact re-rank at several re-rank factors,
+and saves the smallest code (then the cheapest re-rank factor and nprobe) that meets the
+recall target. A Milvus server applies
 it when it builds a collection's index (``store.index_plan``).
 """
 
@@ -32,6 +34,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--text-file", type=Path, help="text queries, one per line (instead of --text-field)")
     parser.add_argument("--target", type=float, default=0.95, help="recall@k needed after re-rank (default 0.95)")
     parser.add_argument("-k", type=int, default=10, help="k of recall@k (default 10)")
+    parser.add_argument("--segment-rows", type=int,
+                        help="rows per sealed Milvus segment (default: 512 MB of vectors, Milvus's "
+                        "dataCoord.segment.maxSize); recall is measured one segment index at a time, as Milvus searches")
+    parser.add_argument("--max-rerank-factor", type=int, default=40,
+                        help="largest re-rank factor tried (candidates read back and re-ranked per hit; default 40)")
     parser.add_argument("--opq", action="store_true", help="also measure an OPQ rotation (faiss only, for comparison)")
     parser.add_argument("--out", type=Path, default=Path("index-plan.json"), help="plan file (default index-plan.json)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -48,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     texts = args.text_file.read_text().splitlines() if args.text_file else None
     plan = plan_from_collection(settings, args.tenant, sample=args.sample, measure_rows=args.measure_rows,
                                 queries=args.queries, texts=texts,
-                                text_field=args.text_field, target=args.target, k=args.k, opq=args.opq)
+                                text_field=args.text_field, target=args.target, k=args.k, opq=args.opq,
+                                segment_rows=args.segment_rows, max_rerank_factor=args.max_rerank_factor)
     plan.save(args.out)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan_summary(plan, args.out))
     return 0

@@ -14,7 +14,7 @@ from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform import records as R
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.settings import Settings
-from pixlake.platform.store import MilvusStore, build_filter
+from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -69,6 +69,12 @@ class QueryCollection:
         self.store = store
         self.governance = governance
 
+    @property
+    def rerank_factor(self) -> int:
+        """Candidates fetched per hit: the configured factor, or the index plan's when larger
+        (the plan measured the re-rank its PQ code needs to keep recall)."""
+        return max(self.governance.settings.rerank_factor, self.store.index.rerank_factor or 0)
+
     def search(self, vector: np.ndarray, k: int = 10, tenant: str = "default",
                meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
         """Search one tenant's rows.
@@ -86,7 +92,7 @@ class QueryCollection:
         expr = build_filter(tenant, meta)
         gov = self.governance
         fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
-        hits = self.store.search([gov.encrypt_query(tenant, vector)], k=k * gov.settings.rerank_factor,
+        hits = self.store.search([gov.encrypt_query(tenant, vector)], k=min(k * self.rerank_factor, MAX_TOPK),
                                  filter=expr, output_fields=fields)[0]
         rows = gov.reveal(tenant, hits)
         for r in rows:

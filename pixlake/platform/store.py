@@ -63,6 +63,9 @@ def check_db_location(uri: str) -> None:
         raise StoreError(f"--db {uri}: directory {parent} is not writable")
 
 
+MAX_TOPK = 16384  # Milvus refuses a search limit above this
+
+
 @dataclass(frozen=True)
 class IndexChoice:
     """The vector index a collection uses, and why."""
@@ -71,6 +74,7 @@ class IndexChoice:
     params: dict
     search_params: dict
     reason: str
+    rerank_factor: Optional[int] = None  # the plan's re-rank (candidates per hit), None without a plan
 
 
 def choose_index(backend: str, plan: Optional[Mapping[str, Any]] = None) -> IndexChoice:
@@ -91,7 +95,8 @@ def choose_index(backend: str, plan: Optional[Mapping[str, Any]] = None) -> Inde
     if plan:
         recall = ", ".join(f"{q} {r['reranked']:.3f}" for q, r in plan["recall"].items())
         return IndexChoice(plan["index_type"], dict(plan["params"]), dict(plan["search_params"]),
-                           f"planned: {plan['bytes_per_vector']} bytes/vector, recall@{plan['k']} after re-rank {recall}")
+                           f"planned: {plan['bytes_per_vector']} bytes/vector, recall@{plan['k']} after re-rank "
+                           f"x{plan['rerank_factor']} {recall}", plan["rerank_factor"])
     return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan; IVF_PQ needs planned parameters (pixlake plan-index)")
 
 
@@ -302,6 +307,7 @@ class MilvusStore:
             "index_type": index.get("index_type"),
             "index_params": self.index.params,
             "search_params": self.index.search_params,
+            "rerank_factor": self.index.rerank_factor,
             "index_note": self.index.reason,
             # a server reports how much of the collection its index covers
             **{k: index[k] for k in ("indexed_rows", "pending_index_rows") if k in index},

@@ -21,7 +21,7 @@ from pixlake.platform.settings import load_settings
 from tests.conftest import TINY, TINY_BETA
 
 PLAN = {"index_type": "IVF_PQ", "params": {"nlist": 16, "m": 8, "nbits": 8}, "search_params": {"nprobe": 16},
-        "rerank_factor": 5, "recall": {"image_to_image": {"pq": 0.9, "reranked": 1.0}}, "bytes_per_vector": 8, "dim": 32,
+        "rerank_factor": 8, "recall": {"image_to_image": {"pq": 0.9, "reranked": 1.0}}, "bytes_per_vector": 8, "dim": 32,
         "rows_sampled": 1000, "target": 0.95, "k": 10, "met": True, "candidates": [], "version": 1}
 
 
@@ -57,9 +57,14 @@ def test_embed_search_and_erase_against_the_server(ray_session, corpus_dir, tmp_
     try:
         described = collection.store.wait_for_index()
         assert described["indexed_rows"] == 24 and described["pending_index_rows"] == 0
+        # The plan's re-rank (x8) outranks the configured one (x5): 8 candidates per hit are read back.
+        assert collection.rerank_factor == 8 and collection.store.describe()["rerank_factor"] == 8
+        limits, search = [], collection.store.search
+        collection.store.search = lambda *a, **kw: limits.append(kw["k"]) or search(*a, **kw)
         for path in images[:6]:
             hit = collection.search(tiny_encoder.embed_images([Image.open(path).convert("RGB")])[0], k=1)[0]
             assert hit["source"] == str(path) and hit["score"] > 0.999  # exact after decrypt-and-re-rank
+        assert limits == [8] * 6
         raw = collection.store.query("", (R.SOURCE, R.VECTOR))
         assert all(r[R.SOURCE].startswith("v1.") for r in raw)  # sealed on the server too
     finally:

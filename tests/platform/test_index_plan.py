@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.index_plan import IndexPlan, choose_nlist, plan_index
+from pixlake.platform.index_plan import IndexPlan, SegmentedIndex, choose_nlist, plan_index, segment_bounds
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,3 +52,40 @@ def test_too_few_rows_or_a_bad_plan_file_fail_clearly(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="index plan"):
         IndexPlan.load(tmp_path / "bad.json")
+
+
+def test_segments_are_searched_apart_and_merged_like_milvus():
+    x, _ = _clustered(3700, 32, seed=3)
+    bounds = segment_bounds(3700, 1200)
+    assert bounds == [(0, 1200), (1200, 2400), (2400, 3600), (3600, 3700)]
+    index = SegmentedIndex(x, 8, 16, bounds)
+    # three IVF-PQ segments, and one too small for Milvus to index, searched exactly
+    assert [type(i).__name__ for _, i in index.parts] == ["IndexIVFPQ"] * 3 + ["IndexFlatIP"]
+    ids = index.search(x[:50], 30, nprobe=16)
+    assert ids.shape == (50, 30) and ids.min() >= 0 and ids.max() < 3700
+    assert all(len(set(row)) == 30 for row in ids)  # merged across segments without duplicates
+    assert len({int(i) // 1200 for i in ids.ravel()}) == 4  # every segment contributes
+    # a row is found in its own segment, under its global id
+    assert np.mean(ids[:, 0] == np.arange(50)) > 0.9
+    exact = index.search(x[3600:3650], 1, nprobe=16)[:, 0]  # the exact segment finds its own rows
+    assert (exact == np.arange(3600, 3650)).all()
+
+
+def test_the_plan_models_segments_and_picks_the_smallest_re_rank_that_meets_the_target():
+    x, texts = _clustered(4000, 32, seed=4)
+    plan = plan_index(x, x, np.arange(200), texts, lambda q: q, target=0.95, ms=(4, 8, 16), nprobes=(4, 16),
+                      rerank_factor=2, max_rerank_factor=20, segment_rows=1500, opq=False)
+    assert plan.segments == 3 and plan.segment_rows == 1500  # 1500, 1500 and 1000 rows and plan.corpus_rows == 4000
+    for c in plan.candidates:
+        by = c["recall_by_factor"]
+        assert list(by["image_to_image"]) == ["2", "5", "10", "20"]
+        for curve in by.values():  # re-ranking more candidates never loses recall
+            assert all(a <= b for a, b in zip(list(curve.values()), list(curve.values())[1:]))
+        meets = all(r["reranked"] >= 0.95 for r in c["recall"].values())
+        if meets:  # no smaller factor met it at the chosen nprobe
+            smaller = [f for f in by["image_to_image"] if int(f) < c["rerank_factor"]]
+            assert all(min(by[q][f] for q in by) < 0.95 for f in smaller)
+    assert plan.met and plan.rerank_factor == next(c for c in plan.candidates if c["m"] == plan.params["m"])["rerank_factor"]
+    # PQ alone at m=4 misses, and a larger re-rank is what repairs it
+    small = plan.candidates[0]
+    assert small["recall"]["image_to_image"]["pq"] < 0.95 and small["rerank_factor"] > 2
