@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DIM, K = 512, 10
 PLAN_MS = (8, 16, 32, 64)  # the target: index memory <= 64 bytes/vector, so m <= 64 at 8-bit codes
-SEGMENT_ROWS = 262_144  # 512 MB of 512-d float32 vectors: index_plan.segment_rows_for(512), the server's segments
+SEGMENT_ROWS = 240_000  # the server's sealed segments of this bare (id, vector) collection at 1M (pixlake's hold ~150k)
 
 
 # --- part 1: the index on a Milvus server ----------------------------------------------------

@@ -30,6 +30,10 @@ MS = (8, 16, 32, 64, 128)
 NPROBES = (8, 16, 32, 64, 128)
 RERANK_FACTORS = (5, 10, 20, 40)  # a re-rank of 400 candidates repaired m=64 to 1.000 in the 1M simulation
 SEGMENT_MB = 512  # Milvus 2.3's dataCoord.segment.maxSize default
+# Milvus seals a segment by its *estimate* of a row, not the bytes written: a full 512 MB
+# segment held 150k pixlake rows of 512-d (bench/segment_rows.py), ~3,540 estimated bytes a
+# row of which the vector is 2,048 (and 255k rows of a bare id + vector collection).
+ROW_OVERHEAD_BYTES = 1_488
 PLAN_VERSION = 2
 
 
@@ -197,6 +201,9 @@ class SegmentedIndex:
         quantizers: from :meth:`train_quantizers` (shared across code sizes), or None to train here.
         train_rows: each segment trains on its first ``train_rows`` rows (default all).
         opq: an OPQ rotation first (faiss only, for comparison).
+
+    A segment under :attr:`MIN_INDEXED_ROWS` is searched exactly, as Milvus does, unless every
+    segment is that small: a plan on a small collection still measures the PQ index it is for.
     """
 
     MIN_INDEXED_ROWS = 1024  # Milvus builds no index for a smaller segment; it is searched exactly
@@ -210,7 +217,7 @@ class SegmentedIndex:
         self.parts = []
         for i, (a, b) in enumerate(segments):
             rows = stored[a:b]
-            if b - a < self.MIN_INDEXED_ROWS:
+            if self.exact(segments, i):
                 index = faiss.IndexFlatIP(rows.shape[1])
                 index.add(_normalise(rows))
             else:
@@ -218,6 +225,12 @@ class SegmentedIndex:
                 index = build_index(rows, m, lists, opq=opq, quantizer=None if opq else quantizers[i],
                                     train=rows[:train_rows] if train_rows else None)
             self.parts.append((a, index))
+
+    @classmethod
+    def exact(cls, segments: Sequence[tuple[int, int]], i: int) -> bool:
+        """Whether segment ``i`` is searched without an index (see the class docstring)."""
+        small = [b - a < cls.MIN_INDEXED_ROWS for a, b in segments]
+        return small[i] and not all(small)
 
     @staticmethod
     def lists(nlist: int, train_rows: int) -> int:
@@ -229,9 +242,9 @@ class SegmentedIndex:
                          train_rows: Optional[int] = None) -> list:
         """One coarse quantizer per segment (None where a segment is searched exactly)."""
         out = []
-        for a, b in segments:
+        for i, (a, b) in enumerate(segments):
             train = stored[a:b][:train_rows] if train_rows else stored[a:b]
-            out.append(None if b - a < cls.MIN_INDEXED_ROWS else train_quantizer(train, cls.lists(nlist, len(train))))
+            out.append(None if cls.exact(segments, i) else train_quantizer(train, cls.lists(nlist, len(train))))
         return out
 
     def search(self, queries: np.ndarray, topk: int, nprobe: int) -> np.ndarray:
@@ -260,10 +273,11 @@ def segment_bounds(n: int, segment_rows: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, n)) for a in range(0, n, step)]
 
 
-def segment_rows_for(dim: int, segment_mb: int = SEGMENT_MB) -> int:
-    """Rows of ``dim``-d float32 vectors one sealed Milvus segment holds: ``dataCoord.segment.maxSize``
-    (MB) over the vector's bytes (262k for 512-d at 512 MB; the server sealed 240–280k)."""
-    return segment_mb * 2**20 // (4 * dim)
+def segment_rows_for(dim: int, segment_mb: int = SEGMENT_MB, row_overhead: int = ROW_OVERHEAD_BYTES) -> int:
+    """Rows of a pixlake collection one sealed Milvus segment holds: ``dataCoord.segment.maxSize``
+    (MB) over Milvus's estimate of a row, the ``dim``-d float32 vector plus ``row_overhead``
+    (152k rows for 512-d at 512 MB; ``bench/segment_rows.py`` saw full segments of 150k)."""
+    return segment_mb * 2**20 // (4 * dim + row_overhead)
 
 
 def measure(index: SegmentedIndex, plain: np.ndarray, queries: dict[str, tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]],
@@ -335,7 +349,7 @@ def plan_index(
             (see :func:`rerank_factors`).
         corpus_rows: the collection's size, default the sample size.
         segment_rows: rows per sealed Milvus segment (default :func:`segment_rows_for` the
-            dimension); the rows are measured split into segments of this size, each its own
+            dimension, for pixlake's schema); the rows are measured split into segments of this size, each its own
             index, and nlist is chosen from the rows one segment holds (IVF is per segment).
         train_rows: each segment trains on its first ``train_rows`` rows only (pass the rows in
             random order) and is measured on all of them. Recall falls as rows get denser (at the

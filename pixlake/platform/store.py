@@ -349,9 +349,12 @@ class MilvusStore:
         ids = list(ids)
         if not ids:
             return set()
-        expr = f"{R.ID} in [{', '.join(literal(i) for i in ids)}] and {R.MODEL} == {literal(model)}"
-        rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID], consistency_level="Strong")
-        return {r[R.ID] for r in rows}
+        # A primary-key lookup alone, the model compared here: with `and model == ...` in the
+        # filter milvus-lite scans every row, and the lookup (twice per image in a job) grew
+        # with the collection: 27 ms per 512 ids at 10k rows, 86 ms at 60k, 16 ms without.
+        expr = f"{R.ID} in [{', '.join(literal(i) for i in ids)}]"
+        rows = self._client.query(self.collection, filter=expr, output_fields=[R.ID, R.MODEL], consistency_level="Strong")
+        return {r[R.ID] for r in rows if r[R.MODEL] == model}
 
     @_store_errors
     def search(

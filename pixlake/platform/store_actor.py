@@ -23,6 +23,16 @@ class _Owner:
         return getattr(self.obj, method)(*args, **kwargs)
 
 
+# One class per owned object, so Ray names their processes apart (``ray::StoreOwner.call``)
+# in the dashboard, in `ps`, and in bench/job_profile.py's CPU accounting.
+class StoreOwner(_Owner):
+    pass
+
+
+class GovernanceOwner(_Owner):
+    pass
+
+
 class ActorProxy:
     """A picklable handle whose methods run on the owner actor (``proxy.upsert(rows)``)."""
 
@@ -49,10 +59,11 @@ class ActorProxy:
 StoreProxy = ActorProxy  # the store's handle, as the stages' docstrings name it
 
 
-def start_owner_actor(factory: Callable[..., Any], *args: Any, pin_to_driver: bool, probe: str) -> ActorProxy:
+def start_owner_actor(owner: type, factory: Callable[..., Any], *args: Any, pin_to_driver: bool, probe: str) -> ActorProxy:
     """Start an actor owning ``factory(*args)`` (Ray must be initialised).
 
     Args:
+        owner: the actor class (:class:`StoreOwner`, :class:`GovernanceOwner`).
         pin_to_driver: run on the driver's node (the owned files are there).
         probe: a cheap method called once, so a constructor failure surfaces now.
 
@@ -66,7 +77,7 @@ def start_owner_actor(factory: Callable[..., Any], *args: Any, pin_to_driver: bo
     if pin_to_driver:
         node = ray.get_runtime_context().get_node_id()
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-    actor = ray.remote(_Owner).options(**options).remote(factory, *args)
+    actor = ray.remote(owner).options(**options).remote(factory, *args)
     proxy = ActorProxy(actor)
     try:
         getattr(proxy, probe)()
@@ -91,7 +102,7 @@ def start_store_actor(store: Any) -> ActorProxy:
     Raises:
         StoreError: the store cannot be opened (raised from the actor's constructor).
     """
-    return start_owner_actor(MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
+    return start_owner_actor(StoreOwner, MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:
@@ -102,4 +113,4 @@ def start_governance_actor(settings: Any) -> ActorProxy:
     """
     from pixlake.platform.governance.service import Governance
 
-    return start_owner_actor(Governance.open, settings, pin_to_driver=True, probe="settings_json")
+    return start_owner_actor(GovernanceOwner, Governance.open, settings, pin_to_driver=True, probe="settings_json")

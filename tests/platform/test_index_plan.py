@@ -69,6 +69,8 @@ def test_segments_are_searched_apart_and_merged_like_milvus():
     assert np.mean(ids[:, 0] == np.arange(50)) > 0.9
     exact = index.search(x[3600:3650], 1, nprobe=16)[:, 0]  # the exact segment finds its own rows
     assert (exact == np.arange(3600, 3650)).all()
+    # a collection whose every segment is small is still measured as the index it will get
+    assert [type(i).__name__ for _, i in SegmentedIndex(x[:900], 8, 16, [(0, 900)]).parts] == ["IndexIVFPQ"]
 
 
 def test_the_plan_models_segments_and_picks_the_smallest_re_rank_that_meets_the_target():
