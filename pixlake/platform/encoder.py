@@ -210,20 +210,26 @@ class Encoder:
         """PIL RGB image → uint8 HWC pixels at the model's input size (the CPU half)."""
         return self._pil(image)
 
-    def embed_pixels(self, pixels: Any) -> np.ndarray:
+    def embed_pixels(self, pixels: Any, with_norms: bool = False) -> Any:
         """Embed prepared pixels.
 
         Args:
             pixels: uint8 (N, H, W, 3) from :meth:`prepare`: a numpy array, or a torch
                 tensor (already on the device when the JPEGs were decoded there).
+            with_norms: also return the raw features' L2 norms (drift statistics).
 
         Returns:
-            float32 array (N, dim), each row L2-normalised.
+            float32 array (N, dim), each row L2-normalised; with ``with_norms``, a pair
+            ``(vectors, norms)``. A NaN or Inf feature gives a non-finite row: callers reject it.
         """
         import torch
 
         with torch.inference_mode():
-            return _normalise(self.model.encode_image(self.pixel_tensor(pixels).to(self.dtype)))
+            features = self.model.encode_image(self.pixel_tensor(pixels).to(self.dtype)).float()
+            vectors = _normalise(features)
+            if not with_norms:
+                return vectors
+            return vectors, torch.linalg.vector_norm(features, dim=-1).cpu().numpy().astype(np.float32)
 
     def pixel_tensor(self, pixels: Any) -> Any:
         """uint8 (N, H, W, 3) pixels (numpy or torch) → the model's normalised float32 (N, 3, H, W) input on its device."""

@@ -33,6 +33,10 @@ class GovernanceOwner(_Owner):
     pass
 
 
+class StatsOwner(_Owner):
+    pass
+
+
 class ActorProxy:
     """A picklable handle whose methods run on the owner actor (``proxy.upsert(rows)``)."""
 
@@ -103,6 +107,13 @@ def start_store_actor(store: Any) -> ActorProxy:
         StoreError: the store cannot be opened (raised from the actor's constructor).
     """
     return start_owner_actor(StoreOwner, MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
+
+
+def start_stats_actor(dim: int) -> ActorProxy:
+    """Start the actor that accumulates the run's embedding statistics (:mod:`pixlake.platform.drift`)."""
+    from pixlake.platform.drift import EmbeddingStats
+
+    return start_owner_actor(StatsOwner, EmbeddingStats, dim, pin_to_driver=False, probe="get")
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:

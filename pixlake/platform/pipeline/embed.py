@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from pixlake.platform.device_decode import DeviceJpegDecoder
+from pixlake.platform.drift import NON_FINITE, EmbeddingStats
 from pixlake.platform.errors import ModelError
 from pixlake.platform.images import DecodeLimits, Rejection
 from pixlake.platform.pipeline.decode import prepare_pixels
@@ -29,6 +30,8 @@ class EmbedImages:
             leave the other cores of a CPU-only node idle).
         device: torch device; default CUDA (fp16) when the actor has a GPU, else CPU.
         limits: safe-decode caps, for JPEGs the device refuses and this actor decodes on CPU.
+        stats: the run's statistics accumulator (a proxy of :class:`~pixlake.platform.drift.EmbeddingStats`),
+            or None. Rows whose embedding is NaN or Inf are rejected either way, never stored.
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class EmbedImages:
         threads: Optional[int] = None,
         device: Optional[str] = None,
         limits: Optional[DecodeLimits] = None,
+        stats=None,
     ):
         import torch
 
@@ -53,6 +57,7 @@ class EmbedImages:
         self.shape = (size, size, 3) if isinstance(size, int) else (size[0], size[1], 3)
         self.limits = limits or DecodeLimits()
         self._jpeg = None  # the device decoder, built when the first JPEG arrives
+        self.stats = stats
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -73,7 +78,13 @@ class EmbedImages:
         if todo:
             # No JPEG rows: the host batch is already the whole batch, in order; no second copy.
             batch = host_batch if todo == host else torch.stack([pixels[i] for i in todo])
-            vectors[todo] = self.encoder.embed_pixels(batch)
+            embedded, norms = self.encoder.embed_pixels(batch, with_norms=True)
+            finite = np.isfinite(embedded).all(axis=1) & np.isfinite(norms)
+            for i in np.asarray(todo)[~finite]:
+                rejected(rows[i], NON_FINITE)
+            vectors[todo] = np.where(finite[:, None], embedded, 0.0)
+            if self.stats is not None:
+                self.stats.add(EmbeddingStats.of(embedded[finite], norms[finite], int((~finite).sum())))
         for r, v in zip(rows, vectors):
             r.pop("pixels"), r.pop("jpeg", None)
             r["vector"] = v

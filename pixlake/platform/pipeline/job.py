@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
+from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift
 from pixlake.platform.encoder import load_encoder
 from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.decode import DecodeImages
@@ -26,7 +27,7 @@ from pixlake.platform.pipeline.skip import SkipExisting
 from pixlake.platform.pipeline.sources import read_items, resolve_source
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
-from pixlake.platform.store_actor import start_governance_actor, start_store_actor
+from pixlake.platform.store_actor import start_governance_actor, start_stats_actor, start_store_actor
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
@@ -72,7 +73,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
     # second. The model is checked and loaded (the driver needs its fingerprint and
     # preprocessing) while Ray and the store actor start: both take seconds.
     check_db_location(settings.store.db)
-    prepare_governance(settings)
+    key_dir = prepare_governance(settings)
     resolved = resolve_source(source)
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
@@ -91,6 +92,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
             raise
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
     del encoder, loading  # the driver needs only these; the actors load their own copy
+    stats = None
     try:
         dataset = read_items(resolved)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -98,6 +100,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         index = store.ensure_collection(dim, fingerprint)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
+        stats = start_stats_actor(dim)
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
@@ -114,6 +117,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                     "threads": max(1, cpus // actors),
                     "device": settings.encoder.device,
                     "limits": settings.job.decode,
+                    "stats": stats,
                 },
                 batch_size=settings.job.batch_size,
                 batch_format="pyarrow",
@@ -129,7 +133,10 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance)
         pipeline.write_datasink(sink)
         count = store.count()
+        run_stats: EmbeddingStats = stats.get()
     finally:
+        if stats is not None:
+            stats.shutdown()
         store.shutdown()
         governance.shutdown()
     seconds = time.monotonic() - started
@@ -157,6 +164,18 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         decode=decode,
         protection=protection(settings),
     )
+    record_drift(report, run_stats, StatsHistory(key_dir))
     if settings.job.report is not None:
         report.write(settings.job.report)
     return report
+
+
+def record_drift(report: JobReport, stats: EmbeddingStats, history: StatsHistory) -> None:
+    """Put the run's embedding statistics and its drift from the previous run of the same
+    collection and encoder into ``report``, and record this run for the next one."""
+    report.embedding_stats = stats.summary()
+    previous = history.last(report.db, report.collection, report.model)
+    if previous is not None and stats.count:
+        report.drift = {"previous_run": previous[0], **drift(previous[1], stats)}
+    if stats.count:
+        history.append(report.run_id, report.db, report.collection, report.model, report.finished_at, stats)

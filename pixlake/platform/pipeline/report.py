@@ -34,6 +34,8 @@ class JobReport:
     device: str = ""
     decode: str = ""
     protection: str = ""
+    embedding_stats: dict = field(default_factory=dict)  # drift.EmbeddingStats.summary() of this run
+    drift: Optional[dict] = None  # {"previous_run", "score", "mean_cosine", "norm_shift"}, None on a first run
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (keys include the contract: run_id, model, source,
@@ -60,6 +62,11 @@ class JobReport:
         by_code = Counter(r["reason"].split(":", 1)[0] for r in self.rejections)
         for code, n in by_code.most_common(8):
             lines.append(f"    {code:<22} {n}")
+        if self.embedding_stats.get("count"):
+            e = self.embedding_stats
+            against = (f"drift {self.drift['score']:.3f} vs run {self.drift['previous_run']}" if self.drift
+                       else "no earlier run of this collection and model to compare")
+            lines.append(f"  embeddings  raw norm {e['norm_mean']:.3f} ± {e['norm_std']:.3f}; {against}")
         lines.append(f"  time        {self.seconds:.1f} s, {self.images_per_s:.1f} images/s")
         if self.collection_count is not None:
             lines.append(f"  collection  {self.collection_count} rows")
