@@ -414,6 +414,13 @@ class MilvusStore:
             raise StoreError(f"query on {self.collection} in {self.uri} failed: {e}") from e
 
     @_store_errors
+    def flush(self) -> None:
+        """Persist every write so far: milvus-lite moves its write-ahead log into segment
+        files under an atomically committed manifest; a server seals its growing segments
+        into object storage. The embed job calls this before it reports success."""
+        self._client.flush(self.collection)
+
+    @_store_errors
     def count(self, filter: str = "") -> int:
         """Rows matching ``filter`` (all rows when empty), read with Strong consistency."""
         if not self.exists():

@@ -122,6 +122,35 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
     assert report["skipped"] == 1500 - report["embedded"]
 
 
+def test_a_job_killed_right_after_it_reports_success_loses_nothing(tmp_path):
+    from pixlake.platform.corpus import MANIFEST, write_corpus
+
+    write_corpus(tmp_path / "c", 300, seed=7, holdout=1.0)
+    db = tmp_path / "p.db"
+    args = [sys.executable, "-m", "pixlake.jobs.embed", str(tmp_path / "c" / MANIFEST), "--db", str(db), *TINY_FLAGS, "--json"]
+    job = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True,
+                           text=True)
+    try:
+        out = ""
+        for line in job.stdout:  # the JSON report, printed once the job has succeeded
+            out += line
+            if line.startswith("}"):
+                break
+        os.killpg(job.pid, signal.SIGKILL)  # the job and its Ray, before they exit on their own
+        job.wait()
+    finally:
+        if job.poll() is None:
+            job.kill()
+    report = json.loads(out[out.index("{"):])
+    assert report["embedded"] == report["collection_count"] == 300
+    store = MilvusStore(str(db), "images")
+    try:
+        ids = [r["id"] for r in store.query("", ["id"])]
+    finally:
+        store.close()
+    assert len(ids) == len(set(ids)) == 300
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

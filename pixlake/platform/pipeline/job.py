@@ -132,6 +132,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         )
         sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance)
         pipeline.write_datasink(sink)
+        store.flush()  # the report's counts are durable: a kill after success loses nothing
         count = store.count()
         run_stats: EmbeddingStats = stats.get()
     finally:

@@ -1,0 +1,76 @@
+"""Faults injected for real into a running embed job: the job completes with exactly one row
+per valid input. (A killed driver, and a kill right after success: tests/e2e/test_embed_cli.py.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from pixlake.platform.corpus import MANIFEST, write_corpus
+from pixlake.platform.pipeline.job import run_embed_job
+from pixlake.platform.store import MilvusStore
+from tests.conftest import tiny_settings
+
+ENCODER_ACTOR = "MapWorker(MapBatches(EmbedImages))"
+
+
+def _descendants_titled(prefix: str) -> list[int]:
+    """Processes of this test's own Ray (descendants of this process) whose title starts with ``prefix``."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith(prefix):
+                continue
+            pid = int(entry)
+            while pid > 1:  # walk up: is it ours?
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if pid == me:
+                    found.append(int(entry))
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _kill_encoder_once(killed: list, restarted: list, stop: threading.Event) -> None:
+    """SIGKILL the encoder actor's process once it has been up a moment, then watch for the
+    replacement Ray starts (proof the job still needed an encoder: the kill was mid-job)."""
+    while not stop.is_set():
+        pids = [p for p in _descendants_titled(f"ray::{ENCODER_ACTOR}") if p not in killed]
+        if pids and not killed:
+            time.sleep(1.0)  # let it embed a few batches first
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+        elif pids:
+            restarted.append(pids[0])
+            return
+        time.sleep(0.1)
+
+
+def test_an_encoder_actor_killed_mid_job_loses_and_duplicates_nothing(ray_session, tmp_path):
+    write_corpus(tmp_path / "c", 400, seed=5, holdout=1.0)
+    db = tmp_path / "k.db"
+    killed, restarted, stop = [], [], threading.Event()
+    killer = threading.Thread(target=_kill_encoder_once, args=(killed, restarted, stop), daemon=True)
+    killer.start()
+    try:
+        report = run_embed_job(str(tmp_path / "c" / MANIFEST), tiny_settings(db, batch_size=8))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "the encoder actor was never seen alive"
+    assert restarted, "no encoder came back after the kill: it was not mid-job"
+    assert report.rejected == 0 and report.embedded == 400 and report.collection_count == 400
+    store = MilvusStore(str(db), "images")
+    try:
+        ids = [r["id"] for r in store.query("", ["id"])]
+        assert len(ids) == len(set(ids)) == 400
+    finally:
+        store.close()
+
