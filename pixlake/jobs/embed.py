@@ -27,6 +27,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         help="decode JPEGs on the encoder's GPU (nvJPEG); CPU tasks then only check headers")
     parser.add_argument("--report", type=Path, help="write the JSON job report here")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    parser.add_argument("--metrics-file", type=Path,
+                        help="write the run's Prometheus metrics here (node_exporter textfile collector, Pushgateway)")
     parser.add_argument("--no-encryption", action="store_true",
                         help="opt out of vector encryption and source sealing (rows stored in plaintext)")
     return parser
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             "store": {"db": args.db, "collection": args.collection},
             "encoder": {"model": args.model, "pretrained": args.pretrained},
             "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
+                    "metrics_file": args.metrics_file,
                     "gpu_decode": args.gpu_decode or None},
             "governance": {"encryption": False if args.no_encryption else None},
         },

@@ -73,6 +73,9 @@ class JobSettings(BaseModel):
     )
     tenant: str = Field("default", min_length=1, description="tenant of rows whose source has no tenant column")
     report: Optional[Path] = Field(None, description="write the JSON job report here")
+    metrics_file: Optional[Path] = Field(
+        None, description="write the run's Prometheus metrics here (text format: node_exporter textfile collector, Pushgateway)"
+    )
     max_rejections_listed: int = Field(
         10_000, ge=0, description="rejections listed one by one in the report; the count is always exact"
     )

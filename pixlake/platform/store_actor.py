@@ -110,10 +110,11 @@ def start_store_actor(store: Any) -> ActorProxy:
 
 
 def start_stats_actor(dim: int) -> ActorProxy:
-    """Start the actor that accumulates the run's embedding statistics (:mod:`pixlake.platform.drift`)."""
-    from pixlake.platform.drift import EmbeddingStats
+    """Start the actor that accumulates the run's metrics: stage latencies and embedding
+    statistics (:class:`~pixlake.platform.pipeline.run_metrics.RunMetrics`)."""
+    from pixlake.platform.pipeline.run_metrics import RunMetrics
 
-    return start_owner_actor(StatsOwner, EmbeddingStats, dim, pin_to_driver=False, probe="get")
+    return start_owner_actor(StatsOwner, RunMetrics, dim, pin_to_driver=False, probe="get")
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:

@@ -39,13 +39,18 @@ def _descendants_titled(prefix: str) -> list[int]:
 
 
 def _kill_encoder_once(killed: list, restarted: list, stop: threading.Event) -> None:
-    """SIGKILL the encoder actor's process once it has been up a moment, then watch for the
-    replacement Ray starts (proof the job still needed an encoder: the kill was mid-job)."""
+    """SIGKILL this job's encoder actor once it has been up a moment, then watch for the
+    replacement Ray starts (proof the job still needed an encoder: the kill was mid-job).
+    An earlier job's encoder may still be exiting: only processes new since the start count."""
+    stale = set(_descendants_titled(f"ray::{ENCODER_ACTOR}"))
     while not stop.is_set():
-        pids = [p for p in _descendants_titled(f"ray::{ENCODER_ACTOR}") if p not in killed]
+        pids = [p for p in _descendants_titled(f"ray::{ENCODER_ACTOR}") if p not in stale and p not in killed]
         if pids and not killed:
             time.sleep(1.0)  # let it embed a few batches first
-            os.kill(pids[0], signal.SIGKILL)
+            try:
+                os.kill(pids[0], signal.SIGKILL)
+            except ProcessLookupError:
+                continue
             killed.append(pids[0])
         elif pids:
             restarted.append(pids[0])

@@ -30,8 +30,9 @@ class EmbedImages:
             leave the other cores of a CPU-only node idle).
         device: torch device; default CUDA (fp16) when the actor has a GPU, else CPU.
         limits: safe-decode caps, for JPEGs the device refuses and this actor decodes on CPU.
-        stats: the run's statistics accumulator (a proxy of :class:`~pixlake.platform.drift.EmbeddingStats`),
-            or None. Rows whose embedding is NaN or Inf are rejected either way, never stored.
+        stats: the run's metrics actor (a proxy of :class:`~pixlake.platform.pipeline.run_metrics.RunMetrics`)
+            or None: batch latency and embedding statistics. Rows whose embedding is NaN or Inf are
+            rejected either way, never stored.
     """
 
     def __init__(
@@ -60,8 +61,11 @@ class EmbedImages:
         self.stats = stats
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import time
+
         import torch
 
+        started = time.perf_counter()
         rows = batch.to_pylist()
         pixels = {}  # row → (H, W, 3) uint8 tensor on the encoder's device
         host = [i for i, r in enumerate(rows) if r["status"] == OK and r["pixels"]]
@@ -88,7 +92,10 @@ class EmbedImages:
         for r, v in zip(rows, vectors):
             r.pop("pixels"), r.pop("jpeg", None)
             r["vector"] = v
-        return table(rows, [("vector", pa.list_(pa.float32(), self.encoder.dim))])
+        out = table(rows, [("vector", pa.list_(pa.float32(), self.encoder.dim))])
+        if self.stats is not None:
+            self.stats.observe_stage("embed", time.perf_counter() - started, len(rows))
+        return out
 
     def _decode_jpegs(self, rows: list[dict], todo: list[int]) -> dict[int, object]:
         """Decode rows' JPEG bytes on the device; the device's refusals on CPU, rejecting what fails there."""

@@ -22,6 +22,7 @@ from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
+from pixlake.platform.pipeline.run_metrics import RunMetrics, timed, write_metrics_file
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
 from pixlake.platform.pipeline.sources import read_items, resolve_source
@@ -103,10 +104,12 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         stats = start_stats_actor(dim)
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
-            dataset.map_batches(LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
-                                batch_format="pyarrow", batch_size=STAGE_BATCH)
-            .map_batches(SkipExisting(store, fingerprint, governance), batch_format="pyarrow", batch_size=STAGE_BATCH)
-            .map_batches(DecodeImages(preprocess, settings.job.decode, device_jpeg=decode != DECODE_CPU_TASKS),
+            dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
+                                           stats), batch_format="pyarrow", batch_size=STAGE_BATCH)
+            .map_batches(timed("skip", SkipExisting(store, fingerprint, governance), stats), batch_format="pyarrow",
+                         batch_size=STAGE_BATCH)
+            .map_batches(timed("decode", DecodeImages(preprocess, settings.job.decode,
+                                                           device_jpeg=decode != DECODE_CPU_TASKS), stats),
                          batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(
                 EmbedImages,
@@ -128,13 +131,14 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                 # actor, so decode tasks overlap the forward pass as on a GPU cluster.
                 num_cpus=1 if gpus else 0.5,
             )
-            .map_batches(ProtectRows(governance, dim), batch_format="pyarrow", batch_size=settings.job.batch_size)
+            .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
+                         batch_size=settings.job.batch_size)
         )
-        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance)
+        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance, stats)
         pipeline.write_datasink(sink)
         store.flush()  # the report's counts are durable: a kill after success loses nothing
         count = store.count()
-        run_stats: EmbeddingStats = stats.get()
+        run_metrics: RunMetrics = stats.get()
     finally:
         if stats is not None:
             stats.shutdown()
@@ -165,9 +169,11 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         decode=decode,
         protection=protection(settings),
     )
-    record_drift(report, run_stats, StatsHistory(key_dir))
+    record_drift(report, run_metrics.embedding, StatsHistory(key_dir))
     if settings.job.report is not None:
         report.write(settings.job.report)
+    if settings.job.metrics_file is not None:
+        write_metrics_file(settings.job.metrics_file, report, run_metrics)
     return report
 
 

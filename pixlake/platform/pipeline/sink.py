@@ -10,6 +10,7 @@ the row or this re-check sees the denial: a run in flight never brings a subject
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -46,9 +47,11 @@ class MilvusDatasink(Datasink):
         model: encoder fingerprint written into every row.
         max_rejections_listed: rejections kept one by one (counts stay exact).
         governance: the governance actor proxy (deny-list).
+        metrics: the run's metrics actor (each write task's wall time), or None.
     """
 
-    def __init__(self, store, model: str, max_rejections_listed: int, governance):
+    def __init__(self, store, model: str, max_rejections_listed: int, governance, metrics=None):
+        self.metrics = metrics
         self.store = store
         self.governance = governance
         self.model = model
@@ -60,10 +63,12 @@ class MilvusDatasink(Datasink):
         return WRITE_BATCH_ROWS
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
+        started, rows = time.perf_counter(), 0
         result = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": []}
         pending: list[dict] = []
         for block in blocks:
             for row in BlockAccessor.for_block(block).to_arrow().to_pylist():
+                rows += 1
                 if row["status"] == OK:
                     pending.append(to_record(row, self.model))
                 elif row["status"] == SKIPPED:
@@ -77,6 +82,8 @@ class MilvusDatasink(Datasink):
                     self._flush(pending, result)
                     pending = []
         self._flush(pending, result)
+        if self.metrics is not None:
+            self.metrics.observe_stage("write", time.perf_counter() - started, rows)
         return result
 
     def _denied(self, records: list[dict]) -> set[tuple[str, str]]:

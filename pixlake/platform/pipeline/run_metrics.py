@@ -1,0 +1,129 @@
+"""One embed run's metrics: stage latencies and embedding statistics, accumulated in one
+actor, written at the end as a Prometheus text file.
+
+A batch job ends before a scraper comes by, so the job writes its metrics as a file
+(``job.metrics_file``, ``--metrics-file``) in Prometheus's text format: node_exporter's
+textfile collector picks it up where the job ran, or ``curl --data-binary @file`` pushes it
+to a Pushgateway. The Serve app exposes its own metrics on ``/metrics``
+(:mod:`pixlake.serve.metrics`); ``docs/grafana-dashboard.json`` charts both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from pixlake.platform.drift import EmbeddingStats
+
+# 1 ms .. 60 s per batch: a decode batch of small images at the bottom, a CPU ViT-L batch near the top.
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STAGES = ("load", "skip", "decode", "embed", "protect", "write")
+
+
+class RunMetrics:
+    """What the stages report during a run (owned by one actor; see ``start_stats_actor``).
+
+    Attributes:
+        embedding: the run's :class:`~pixlake.platform.drift.EmbeddingStats`.
+        stages: stage -> {"buckets": counts per :data:`STAGE_BUCKETS` bound (+Inf last),
+            "sum": seconds, "count": batches, "rows": rows}.
+    """
+
+    def __init__(self, dim: int):
+        self.embedding = EmbeddingStats(dim)
+        self.stages: dict[str, dict] = {}
+
+    def add(self, embedding: EmbeddingStats) -> None:
+        """Merge one batch's embedding statistics."""
+        self.embedding.add(embedding)
+
+    def observe_stage(self, stage: str, seconds: float, rows: int) -> None:
+        """Record one batch of ``rows`` that took ``seconds`` in ``stage``."""
+        s = self.stages.setdefault(stage, {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0, "rows": 0})
+        s["buckets"][next((i for i, b in enumerate(STAGE_BUCKETS) if seconds <= b), len(STAGE_BUCKETS))] += 1
+        s["sum"] += seconds
+        s["count"] += 1
+        s["rows"] += rows
+
+    def get(self) -> "RunMetrics":
+        """This object (what the driver fetches from the actor)."""
+        return self
+
+    def close(self) -> None:
+        """Nothing to release (the actor's shutdown calls it)."""
+
+
+class _Timed:
+    def __init__(self, stage: str, fn: Callable[[Any], Any], metrics: Any):
+        self.stage, self.fn, self.metrics = stage, fn, metrics
+
+    def __call__(self, batch: Any) -> Any:
+        started = time.perf_counter()
+        out = self.fn(batch)
+        self.metrics.observe_stage(self.stage, time.perf_counter() - started, batch.num_rows)
+        return out
+
+
+def timed(stage: str, fn: Callable[[Any], Any], metrics: Any) -> Callable[[Any], Any]:
+    """``fn`` (a task stage's callable), reporting each batch's wall time as ``stage`` to the
+    run's metrics actor. The wrapper keeps ``fn``'s class name, which Ray Data names the
+    operator (``MapBatches(LoadItems)``) and its worker processes after."""
+    return type(type(fn).__name__, (_Timed,), {})(stage, fn, metrics)
+
+
+def write_metrics_file(path: Path, report: Any, metrics: RunMetrics) -> None:
+    """Write the run's metrics in Prometheus's text format (atomically: a collector never
+    reads half a file).
+
+    Args:
+        report: the :class:`~pixlake.platform.pipeline.report.JobReport` (counts, rejections, drift).
+        metrics: the run's accumulated :class:`RunMetrics`.
+    """
+    from prometheus_client import CollectorRegistry, write_to_textfile
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    labels = {"collection": report.collection, "model": report.model}
+
+    class _Run:
+        def collect(self):
+            rows = CounterMetricFamily("pixlake_embed_rows", "Rows of the last run, by outcome", labels=[*labels, "status"])
+            for status in ("embedded", "skipped", "rejected", "erased"):
+                rows.add_metric([*labels.values(), status], getattr(report, status))
+            yield rows
+            rejected = CounterMetricFamily("pixlake_embed_rejected", "Rejected rows of the last run, by reason code",
+                                           labels=[*labels, "reason"])
+            listed = Counter(r["reason"].split(":", 1)[0] for r in report.rejections)
+            unlisted = report.rejected - sum(listed.values())  # beyond job.max_rejections_listed
+            for code, n in sorted((listed + Counter({"unlisted": unlisted} if unlisted else {})).items()):
+                rejected.add_metric([*labels.values(), code], n)
+            yield rejected
+            latency = HistogramMetricFamily("pixlake_embed_stage_batch_seconds", "Wall time of one batch, by stage",
+                                            labels=[*labels, "stage"])
+            stage_rows = CounterMetricFamily("pixlake_embed_stage_rows", "Rows through each stage", labels=[*labels, "stage"])
+            for stage, s in sorted(metrics.stages.items()):
+                cumulative, buckets = 0, []
+                for bound, n in zip([*map(str, STAGE_BUCKETS), "+Inf"], s["buckets"]):
+                    cumulative += n
+                    buckets.append((bound, cumulative))
+                latency.add_metric([*labels.values(), stage], buckets, s["sum"])
+                stage_rows.add_metric([*labels.values(), stage], s["rows"])
+            yield latency
+            yield stage_rows
+            for name, doc, value in (
+                ("pixlake_embed_run_seconds", "Wall time of the last run", report.seconds),
+                ("pixlake_embed_images_per_second", "Embedded images per second in the last run", report.images_per_s),
+                ("pixlake_embed_nonfinite", "Embeddings rejected as NaN/Inf in the last run", metrics.embedding.nonfinite),
+                ("pixlake_embed_drift_score", "Drift from the previous run of the collection and model (0 on a first run)",
+                 (report.drift or {}).get("score", 0.0)),
+                ("pixlake_embed_last_success_timestamp_seconds", "When the last run finished", time.time()),
+            ):
+                gauge = GaugeMetricFamily(name, doc, labels=list(labels))
+                gauge.add_metric(list(labels.values()), value)
+                yield gauge
+
+    registry = CollectorRegistry()
+    registry.register(_Run())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)
