@@ -4,6 +4,8 @@ against a real Milvus server (embedded ``milvus`` package) with a planned IVF_PQ
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -79,3 +81,35 @@ def test_embed_search_and_erase_against_the_server(ray_session, corpus_dir, tmp_
         assert {s["name"]: s["count"] for s in receipt["steps"]}["delete"] == 6
         assert store.count(f'{R.SUBJECT} == "{pseudonym}"') == 0 and store.count() == 18  # Strong, at once
         store.drop()
+
+
+def test_an_erasure_crashed_between_any_two_steps_resumes_on_the_server(ray_session, tmp_path, server_settings):
+    import subprocess
+    import sys
+
+    from pixlake.platform.corpus import write_corpus
+    from pixlake.platform.governance.erasure import FAULT_ENV
+    from tests.conftest import TINY_ENV
+
+    write_corpus(tmp_path / "c", 24, seed=13, holdout=1.0)
+    rows = pq.read_table(tmp_path / "c" / "manifest.parquet").to_pylist()
+    subjects = [f"s{i}" for i in range(len(STEPS) - 1)]
+    pq.write_table(pa.table({"path": [str(tmp_path / "c" / r["path"]) for r in rows],
+                             "subject": [subjects[i % len(subjects)] for i in range(len(rows))]}), tmp_path / "rows.parquet")
+    assert run_embed_job(str(tmp_path / "rows.parquet"), server_settings).embedded == len(rows)
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV,
+           "PIXLAKE_GOVERNANCE__KEY_DIR": str(server_settings.governance.key_dir),
+           "PIXLAKE_GOVERNANCE__BETA": str(TINY_BETA)}
+    erase = [str(Path(sys.executable).parent / "pixlake"), "erase", "--db", server_settings.store.db, "--json", "--subject"]
+    for step, subject in zip(STEPS[:-1], subjects):
+        crashed = subprocess.run([*erase, subject], env={**env, FAULT_ENV: step}, capture_output=True, text=True, timeout=300)
+        assert crashed.returncode == 137, (step, crashed.stderr[-2000:])
+        resumed = subprocess.run([*erase, subject], env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, (step, resumed.stderr[-2000:])
+        receipt = json.loads(resumed.stdout)
+        assert receipt["verified"] and [s["name"] for s in receipt["steps"]] == list(STEPS[:-1]), step  # each step once
+    with open_governed_store(server_settings) as (store, governance):
+        try:
+            assert store.count() == 0  # every subject erased, each after a crash at another step
+        finally:
+            store.drop()
