@@ -8,6 +8,7 @@ import pyarrow as pa
 from pixlake.platform.drift import NON_FINITE, EmbeddingStats, StatsHistory, drift
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.rows import OK, REJECTED, table
+from pixlake.platform.pipeline.run_metrics import RunMetrics
 from tests.conftest import TINY
 
 
@@ -60,7 +61,7 @@ def test_history_returns_the_latest_run_of_the_same_collection_and_model(tmp_pat
 def test_nan_and_inf_embeddings_are_rejected_rows_never_vectors(corpus_dir, tiny_encoder):
     from PIL import Image
 
-    actor = EmbedImages(*TINY, fingerprint=tiny_encoder.fingerprint, stats=EmbeddingStats(tiny_encoder.dim))
+    actor = EmbedImages(*TINY, fingerprint=tiny_encoder.fingerprint, stats=RunMetrics(tiny_encoder.dim))
     encode = actor.encoder.model.encode_image
 
     def faulty(x):  # the model misbehaves on two inputs of the batch
@@ -81,4 +82,5 @@ def test_nan_and_inf_embeddings_are_rejected_rows_never_vectors(corpus_dir, tiny
         v = np.asarray(r["vector"])
         assert np.isfinite(v).all()
         assert (abs(np.linalg.norm(v) - 1) < 1e-5) if r["status"] == OK else not v.any()
-    assert (actor.stats.count, actor.stats.nonfinite) == (4, 2)
+    assert (actor.stats.embedding.count, actor.stats.embedding.nonfinite) == (4, 2)
+    assert actor.stats.stages["embed"]["rows"] == 6 and actor.stats.stages["embed"]["count"] == 1
