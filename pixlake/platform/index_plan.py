@@ -253,12 +253,10 @@ class SegmentedIndex:
 
         scores, ids = [], []
         for start, index in self.parts:
-            if isinstance(index, faiss.IndexFlat):
-                d, i = index.search(queries, topk)
-            else:
+            if not isinstance(index, faiss.IndexFlat):  # an exact segment has no lists to probe
                 ivf = faiss.extract_index_ivf(index)
                 ivf.nprobe = min(nprobe, ivf.nlist)
-                d, i = index.search(queries, topk)
+            d, i = index.search(queries, topk)
             scores.append(np.where(i >= 0, d, -np.inf))
             ids.append(np.where(i >= 0, i + start, -1))
         order = np.argsort(-np.concatenate(scores, 1), axis=1, kind="stable")[:, :topk]
