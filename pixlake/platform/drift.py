@@ -51,20 +51,13 @@ class EmbeddingStats:
         return cls(v.shape[1], len(v), nonfinite, float(n.sum()), float((n * n).sum()), v.sum(0), (v * v).sum(0))
 
     def add(self, other: "EmbeddingStats") -> None:
-        """Merge ``other`` into this one (the accumulator actor calls this per batch)."""
+        """Merge ``other`` into this one (the run-metrics actor does, per batch)."""
         self.count += other.count
         self.nonfinite += other.nonfinite
         self.norm_sum += other.norm_sum
         self.norm_sqsum += other.norm_sqsum
         self.vec_sum += other.vec_sum
         self.vec_sqsum += other.vec_sqsum
-
-    def get(self) -> "EmbeddingStats":
-        """This object (what the driver fetches from the accumulator actor)."""
-        return self
-
-    def close(self) -> None:
-        """Nothing to release (the accumulator actor's shutdown calls it)."""
 
     @property
     def mean_vector(self) -> np.ndarray:
