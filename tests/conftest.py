@@ -60,24 +60,54 @@ def tiny_settings(db: Path, **job):
     )
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A real Milvus server (the embedded one of the PyPI package ``milvus``, 2.3.5) with its
-    data under tmp_path, for the server-path tests; yields its URI.
+def start_milvus_server(base_dir: Path):
+    """Start a real Milvus server (the embedded one of the PyPI package ``milvus``, 2.3.5)
+    with its data under ``base_dir``; returns the ``MilvusServer`` (``.listen_port``).
 
     It serves on 127.0.0.1's port but Milvus 2.3 binds its internal ports on every interface
-    (no setting changes that); the test machines allow no inbound traffic.
+    (no setting changes that); the test machines allow no inbound traffic. ``server.start()``
+    again after a kill comes back on the same ports (the reliability tests restart it).
     """
     import atexit
+    import socket
 
-    from milvus import MilvusServer
+    from milvus import MilvusServer, MilvusServerConfig
 
-    server = MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    class SamePortsConfig(MilvusServerConfig):
+        # The package probes ports without SO_REUSEADDR, so right after a kill (sockets in
+        # TIME_WAIT) it would move the server to the next free port; Milvus itself binds
+        # with SO_REUSEADDR, so probing the same way keeps a restarted server where it was.
+        def try_bind_port(self, port):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
+    server = MilvusServer(SamePortsConfig())
+    server.set_base_dir(str(base_dir))
     # Milvus ignores SIGTERM, so stop() ends in SIGKILL; a short session lease lets a
-    # restart (reliability tests) come back in seconds instead of 30 s.
+    # restart come back in seconds instead of 30 s.
     server.config.set("common.session.ttl", 5)
     server.start()
     atexit.register(server.stop)  # never leave a server behind an interrupted run
+    return server
+
+
+def kill_milvus_server(server) -> None:
+    """SIGKILL a server from :func:`start_milvus_server` (a crash, not a shutdown); ``server.start()`` restarts it."""
+    server.server_proc.kill()
+    server.server_proc.wait()
+    server.stop()  # forgets the process, closes its log files
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus server for the server-path tests (:func:`start_milvus_server`); yields its URI."""
+    server = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
     yield f"http://127.0.0.1:{server.listen_port}"
     server.stop()

@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from pixlake.platform.errors import ConfigError
 from pixlake.platform.images import DecodeLimits
+from pixlake.platform.store import DEFAULT_RETRY_DEADLINE_S
 
 # The YAML file of the load in progress; a context variable rather than a class attribute
 # so two loads in one process (tests, Serve replicas) never see each other's file.
@@ -38,6 +39,11 @@ class StoreSettings(BaseModel):
     collection: str = Field("images", description="Milvus collection name")
     index_plan: Optional[Path] = Field(
         None, description="index plan JSON (pixlake plan-index) a Milvus server builds new collections with"
+    )
+    retry_deadline_s: float = Field(
+        DEFAULT_RETRY_DEADLINE_S, ge=0, le=3600,
+        description="how long a call retries a Milvus server that is down or restarting (exponential backoff) "
+                    "before the job fails with a clear error; a re-run then completes the rest",
     )
 
     @field_validator("collection")
@@ -68,6 +74,10 @@ class JobSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     batch_size: int = Field(64, ge=1, le=4096, description="images per encoder batch")
+    write_batch_rows: int = Field(
+        512, ge=1, le=16384,
+        description="rows per store write: larger batches cost fewer round trips, smaller ones hold less in a write task",
+    )
     concurrency: Optional[int] = Field(
         None, ge=1, description="encoder actors; default one per GPU, or 1 on a CPU-only cluster"
     )

@@ -26,6 +26,7 @@ METRIC = "COSINE"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 _LOCK_WAIT_S = 30.0
+DEFAULT_RETRY_DEADLINE_S = 120.0
 # Open MilvusStore objects per milvus-lite path in this process (they share one server).
 _lite_users: Counter[str] = Counter()
 
@@ -152,18 +153,61 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
     return " and ".join(parts)
 
 
+# A Milvus server that is down or restarting: the client cannot connect (code 2), or the
+# server is back but has not reloaded the collection yet (code 101), or gRPC gave up.
+_TRANSIENT_CODES = {2, 101}
+_TRANSIENT_TEXT = re.compile(r"unavailable|not ready|not loaded|fail connecting|deadline exceeded|connection refused", re.I)
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.5, 5.0
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a Milvus client error means "server away for now" (retry) rather than "wrong call"."""
+    code = getattr(error, "code", None)
+    code = getattr(code, "value", code)  # a gRPC StatusCode carries (number, name)
+    if isinstance(code, tuple):
+        code = code[1]
+    return code in _TRANSIENT_CODES or code in ("unavailable", "deadline exceeded") or bool(
+        _TRANSIENT_TEXT.search(str(error)))
+
+
 def _store_errors(method):
-    """Surface Milvus client failures as :class:`StoreError` naming the operation."""
+    """Surface Milvus client failures as :class:`StoreError` naming the operation, after
+    retrying a Milvus server that is down or restarting with exponential backoff for up to
+    the store's ``retry_deadline_s`` (every wrapped call is idempotent, so a retry after a
+    lost reply writes nothing twice)."""
     import functools
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except PixlakeError:
-            raise
-        except Exception as e:
-            raise StoreError(f"{method.__name__} on {self.collection} in {self.uri} failed: {e}") from e
+        deadline, backoff, retried = None, _BACKOFF_FIRST_S, False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+                if retried:
+                    log.warning("%s on %s: Milvus at %s answers again", method.__name__, self.collection, self.uri)
+                return result
+            except PixlakeError:
+                raise
+            except Exception as e:
+                if self.backend != SERVER or not transient(e):
+                    raise StoreError(f"{method.__name__} on {self.collection} in {self.uri} failed: {e}") from e
+                now = time.monotonic()
+                deadline = deadline or now + self.retry_deadline_s
+                if now >= deadline:
+                    raise StoreError(
+                        f"Milvus server at {self.uri} unreachable for {self.retry_deadline_s:g} s "
+                        f"({method.__name__} on {self.collection}): {str(e).splitlines()[0][:200]}. "
+                        "Rows written before are kept: run the job again once the server is back "
+                        "and it writes only the rest"
+                    ) from e
+                if not retried:
+                    log.warning("%s on %s: Milvus at %s unavailable (%s); retrying for up to %g s",
+                                method.__name__, self.collection, self.uri, str(e).splitlines()[0][:120],
+                                self.retry_deadline_s)
+                retried = True
+                self.retries += 1
+                time.sleep(min(backoff, max(0.0, deadline - now)))
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
     return wrapper
 
@@ -176,17 +220,22 @@ class MilvusStore:
         collection: collection name.
         index_plan: a saved index plan (JSON path) for the collection a server creates; an
             existing collection keeps the index (and search parameters) it was built with.
+        retry_deadline_s: how long a call (and opening) retries a Milvus server that is down
+            or restarting before it fails; milvus-lite runs in-process and is not retried.
 
     Raises:
         StoreError: the database cannot be opened (unwritable path, locked, unreachable).
         ConfigError: the index plan cannot be read.
     """
 
-    def __init__(self, uri: str, collection: str, index_plan: Optional[Path] = None):
+    def __init__(self, uri: str, collection: str, index_plan: Optional[Path] = None,
+                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S):
         self.uri = uri
         self.collection = collection
         self.backend = backend_of(uri)
         self.index_plan = index_plan
+        self.retry_deadline_s = retry_deadline_s
+        self.retries = 0  # calls retried because the server was away (the job reports them)
         plan = json.loads(Path(index_plan).read_text()) if index_plan and Path(index_plan).is_file() else None
         if index_plan and plan is None:
             raise ConfigError(f"index plan not found: {index_plan} (make one with pixlake plan-index)")
@@ -200,7 +249,7 @@ class MilvusStore:
     @classmethod
     def configured(cls, store: Any) -> "MilvusStore":
         """The store of :class:`~pixlake.platform.settings.StoreSettings` (db, collection, index plan)."""
-        return cls(store.db, store.collection, store.index_plan)
+        return cls(store.db, store.collection, store.index_plan, store.retry_deadline_s)
 
     def _built_index(self) -> Optional[IndexChoice]:
         """The index this collection was created with (its description carries it)."""
@@ -214,7 +263,7 @@ class MilvusStore:
         from pymilvus import MilvusClient
 
         check_db_location(self.uri)
-        deadline = time.monotonic() + _LOCK_WAIT_S
+        deadline = time.monotonic() + (_LOCK_WAIT_S if self.backend == LITE else self.retry_deadline_s)
         while True:
             try:
                 client = MilvusClient(self.uri)
@@ -225,7 +274,8 @@ class MilvusStore:
                 # pymilvus reports milvus-lite's lock conflict only as "Open local milvus
                 # failed"; the location was checked writable above, so a lock is the likely
                 # cause: a previous job's store process may still be exiting.
-                if self.backend == LITE and time.monotonic() < deadline:
+                # A server that is down or restarting gets the same wait as any call.
+                if (self.backend == LITE or transient(e)) and time.monotonic() < deadline:
                     time.sleep(0.5)
                     continue
                 hint = " (is another process, e.g. a running job, holding it open?)" if self.backend == LITE else ""
@@ -233,6 +283,11 @@ class MilvusStore:
 
     # --- collection -------------------------------------------------------------------
 
+    def retry_count(self) -> int:
+        """Calls retried so far because the server was down or restarting."""
+        return self.retries
+
+    @_store_errors
     def exists(self) -> bool:
         """Whether the collection exists."""
         return self._client.has_collection(self.collection)
@@ -494,7 +549,7 @@ class MilvusStore:
 
     def for_collection(self, collection: str) -> "MilvusStore":
         """Another collection of the same database (a new store; close it when done)."""
-        return MilvusStore(self.uri, collection, self.index_plan)
+        return MilvusStore(self.uri, collection, self.index_plan, self.retry_deadline_s)
 
     def each_collection(self) -> Iterator["MilvusStore"]:
         """A store for every pixlake collection of this database, this one included; the

@@ -12,10 +12,12 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from typing import Optional
 
 from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
 from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift
 from pixlake.platform.encoder import load_encoder
+from pixlake.platform.errors import PixlakeError
 from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
@@ -134,10 +136,18 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
             .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
                          batch_size=settings.job.batch_size)
         )
-        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance, stats)
-        pipeline.write_datasink(sink)
+        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance, stats,
+                              settings.job.write_batch_rows)
+        try:
+            pipeline.write_datasink(sink)
+        except Exception as e:
+            cause = pixlake_cause(e)  # a store that stayed down: its own message, not a Ray trace
+            if cause is None or cause is e:
+                raise
+            raise cause from e
         store.flush()  # the report's counts are durable: a kill after success loses nothing
         count = store.count()
+        store_retries = store.retry_count()
         run_metrics: RunMetrics = stats.get()
     finally:
         if stats is not None:
@@ -168,6 +178,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         device="cuda" if gpus else "cpu",
         decode=decode,
         protection=protection(settings),
+        store_retries=store_retries,
     )
     record_drift(report, run_metrics.embedding, StatsHistory(key_dir))
     if settings.job.report is not None:
@@ -175,6 +186,21 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
     if settings.job.metrics_file is not None:
         write_metrics_file(settings.job.metrics_file, report, run_metrics)
     return report
+
+
+def pixlake_cause(error: BaseException) -> Optional[PixlakeError]:
+    """The :class:`PixlakeError` a stage raised, found inside the exceptions Ray wraps it in."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        inner = getattr(error, "cause", None)  # a RayTaskError's original exception
+        if isinstance(inner, BaseException):
+            error = inner
+        elif isinstance(error, PixlakeError):
+            return error
+        else:
+            error = error.__cause__ or error.__context__
+    return None
 
 
 def record_drift(report: JobReport, stats: EmbeddingStats, history: StatsHistory) -> None:

@@ -34,6 +34,7 @@ class JobReport:
     device: str = ""
     decode: str = ""
     protection: str = ""
+    store_retries: int = 0  # store calls retried while a Milvus server was down or restarting
     embedding_stats: dict = field(default_factory=dict)  # drift.EmbeddingStats.summary() of this run
     drift: Optional[dict] = None  # {"previous_run", "score", "mean_cosine", "norm_shift"}, None on a first run
 
@@ -67,6 +68,8 @@ class JobReport:
             against = (f"drift {self.drift['score']:.3f} vs run {self.drift['previous_run']}" if self.drift
                        else "no earlier run of this collection and model to compare")
             lines.append(f"  embeddings  raw norm {e['norm_mean']:.3f} ± {e['norm_std']:.3f}; {against}")
+        if self.store_retries:
+            lines.append(f"  store       {self.store_retries} calls retried while Milvus was unavailable")
         lines.append(f"  time        {self.seconds:.1f} s, {self.images_per_s:.1f} images/s")
         if self.collection_count is not None:
             lines.append(f"  collection  {self.collection_count} rows")

@@ -115,6 +115,8 @@ def write_metrics_file(path: Path, report: Any, metrics: RunMetrics) -> None:
                 ("pixlake_embed_run_seconds", "Wall time of the last run", report.seconds),
                 ("pixlake_embed_images_per_second", "Embedded images per second in the last run", report.images_per_s),
                 ("pixlake_embed_nonfinite", "Embeddings rejected as NaN/Inf in the last run", metrics.embedding.nonfinite),
+                ("pixlake_embed_store_retries", "Store calls retried in the last run while the Milvus server was away",
+                 report.store_retries),
                 ("pixlake_embed_drift_score", "Drift from the previous run of the collection and model (0 on a first run)",
                  (report.drift or {}).get("score", 0.0)),
                 ("pixlake_embed_last_success_timestamp_seconds", "When the last run finished", time.time()),

@@ -20,8 +20,6 @@ from ray.data.block import Block, BlockAccessor
 from pixlake.platform import records as R
 from pixlake.platform.pipeline.rows import ERASED, OK, REJECTED, SKIPPED
 
-WRITE_BATCH_ROWS = 512
-
 
 def to_record(row: dict, model: str) -> dict:
     """Turn a pipeline row into a store record (DESIGN.md "Records")."""
@@ -48,10 +46,12 @@ class MilvusDatasink(Datasink):
         max_rejections_listed: rejections kept one by one (counts stay exact).
         governance: the governance actor proxy (deny-list).
         metrics: the run's metrics actor (each write task's wall time), or None.
+        batch_rows: rows per store write (``job.write_batch_rows``).
     """
 
-    def __init__(self, store, model: str, max_rejections_listed: int, governance, metrics=None):
+    def __init__(self, store, model: str, max_rejections_listed: int, governance, metrics=None, batch_rows: int = 512):
         self.metrics = metrics
+        self.batch_rows = batch_rows
         self.store = store
         self.governance = governance
         self.model = model
@@ -60,7 +60,7 @@ class MilvusDatasink(Datasink):
 
     @property
     def min_rows_per_write(self) -> int:
-        return WRITE_BATCH_ROWS
+        return self.batch_rows
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         started, rows = time.perf_counter(), 0
@@ -78,7 +78,7 @@ class MilvusDatasink(Datasink):
                     result["rejected"] += 1
                     if len(result["rejections"]) < self.max_rejections_listed:
                         result["rejections"].append({"source": row["source"], "reason": row["reason"]})
-                if len(pending) >= WRITE_BATCH_ROWS:
+                if len(pending) >= self.batch_rows:
                     self._flush(pending, result)
                     pending = []
         self._flush(pending, result)
