@@ -13,6 +13,7 @@ from pixlake.jobs import erase as erase_job
 from pixlake.jobs import evaluate as evaluate_job
 from pixlake.jobs import export as export_job
 from pixlake.jobs import plan_index as plan_index_job
+from pixlake.jobs import reindex as reindex_job
 from pixlake.jobs import rekey as rekey_job
 from pixlake.jobs import train as train_job
 from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
@@ -144,12 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("rekey", rekey_job, "rotate a tenant's vector key"),
         ("evaluate", evaluate_job, "search-quality evaluation"),
         ("plan-index", plan_index_job, "measure PQ code sizes on a collection and save an index plan"),
+        ("reindex", reindex_job, "build the next version of a collection, gate it on quality, switch to it"),
     ]
     for name, job, summary in jobs:  # each is also `python -m pixlake.jobs.<name>`
         module = name.replace("-", "_")
         command = sub.add_parser(name, help=f"{summary} (same as python -m pixlake.jobs.{module})")
         job.build_parser(command)
         command.set_defaults(func=job.run)
+    rollback = sub.add_parser("rollback", help="point a live collection back at its previous version")
+    reindex_job.build_rollback_parser(rollback)
+    rollback.set_defaults(func=reindex_job.run_rollback)
     return parser
 
 

@@ -111,3 +111,24 @@ def milvus_server(tmp_path_factory):
     server = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
     yield f"http://127.0.0.1:{server.listen_port}"
     server.stop()
+
+
+def descendant_pids(prefix: str) -> list[int]:
+    """Processes of this test's own Ray (descendants of this process) whose title starts with ``prefix``."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            if not title.startswith(prefix):
+                continue
+            pid = int(entry)
+            while pid > 1:  # walk up: is it ours?
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if pid == me:
+                    found.append(int(entry))
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

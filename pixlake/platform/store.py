@@ -562,6 +562,31 @@ class MilvusStore:
                 if other is not self:
                     other.close()
 
+    # --- aliases (the live name of a collection with versions: pixlake.platform.lifecycle) ---
+
+    @_store_errors
+    def alias_target(self, name: str) -> Optional[str]:
+        """The collection the alias ``name`` points at, or None when ``name`` is no alias."""
+        try:
+            return self._client.describe_alias(name)["collection_name"]
+        except Exception as e:
+            if getattr(e, "code", None) == 100:  # "alias ... does not exist"
+                return None
+            raise
+
+    @_store_errors
+    def point_alias(self, alias: str, collection: str) -> None:
+        """Point ``alias`` at ``collection`` in one atomic step (creating the alias if new)."""
+        if self.alias_target(alias) is None:
+            self._client.create_alias(collection, alias)
+        else:
+            self._client.alter_alias(collection, alias)
+
+    @_store_errors
+    def rename(self, old: str, new: str) -> None:
+        """Rename a collection of this database (its rows, index and id stay)."""
+        self._client.rename_collection(old, new)
+
     @_store_errors
     def drop(self) -> None:
         """Drop the collection (tests and re-creation)."""

@@ -4,6 +4,7 @@ HTTP → auth/limits → encode (batched QueryEncoder) → search (Searcher, ten
 Every client mistake is answered 4xx with an :class:`~pixlake.serve.schemas.ErrorBody`.
 """
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -16,6 +17,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixlake.platform.errors import PixlakeError
@@ -45,6 +47,9 @@ api = FastAPI(title="pixlake", version="0.1.0", description="Multimodal search o
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
 # Decoder rejections that mean "wrong kind of file" or "too big" rather than "broken file".
 _REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large": 413, "decompression_bomb": 413}
+# How long a read waits for Serve to replace a dead encoder or searcher replica (a model
+# load takes seconds) before the client gets a 503 with Retry-After.
+REPLICA_RETRY_S = 30.0
 
 
 class ApiError(Exception):
@@ -132,9 +137,27 @@ class Ingress:
 
     # --- plumbing -------------------------------------------------------------------------
 
+    @staticmethod
+    async def _call(method, *args: Any) -> Any:
+        """``await method.remote(*args)``, retried while the replica behind it is dead or
+        restarting (Serve replaces it): a killed replica costs a client latency, not an
+        error. Only reads go through here (searches, embeddings, descriptions), so a
+        retry never repeats an effect. Still unavailable after REPLICA_RETRY_S: a 503."""
+        deadline, backoff = time.monotonic() + REPLICA_RETRY_S, 0.05
+        while True:
+            try:
+                return await method.remote(*args)
+            except RayActorError as e:
+                if time.monotonic() >= deadline:
+                    raise ApiError(503, "unavailable", f"a serving replica is restarting: {type(e).__name__}; retry",
+                                   {"Retry-After": "5"}) from e
+                _metrics.observe_replica_retry(method.deployment_name)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
     async def _model(self) -> dict:
         if self._info is None:
-            self._info = await self.encoder.info.remote()
+            self._info = await self._call(self.encoder.info)
             self._pil = self._info["preprocess"].pil_transform()
         return self._info
 
@@ -168,9 +191,9 @@ class Ingress:
         await self._model()
         vectors = []
         if text is not None:
-            vectors.append(await self.encoder.embed_text.remote(text))
+            vectors.append(await self._call(self.encoder.embed_text, text))
         if image is not None:
-            vectors.append(await self.encoder.embed_pixels.remote(self._decode(image)))
+            vectors.append(await self._call(self.encoder.embed_pixels, self._decode(image)))
         return vectors
 
     async def _search(self, principal, vector: np.ndarray, k: int, filter: Optional[dict], collection: Optional[str]) -> list[dict]:
@@ -181,7 +204,7 @@ class Ingress:
         except PixlakeError as e:
             raise ApiError(422, "invalid_request", f"filter: {e}") from e
         # the key's tenant, whatever the request says
-        return await self.searcher.search.remote(vector, k, principal.tenant, filter)
+        return await self._call(self.searcher.search, vector, k, principal.tenant, filter)
 
     def _respond(self, hits: list[dict], started: float) -> SearchResponse:
         took_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -225,8 +248,9 @@ class Ingress:
     async def collections(self, request: Request) -> CollectionsResponse:
         """Served collections with row counts, encoder fingerprint and index type."""
         self._principal(request, "search")
-        d = await self.searcher.describe.remote()
-        return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], rows=d["rows"], model=d["model"],
+        d = await self._call(self.searcher.describe)
+        return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], version=d["version"], rows=d["rows"],
+                                                               model=d["model"],
                                                                index_type=d["index_type"], encryption=d["encryption"])])
 
     @api.post("/v1/erasures", status_code=202, response_model=ErasureAccepted, responses=_ERRORS)

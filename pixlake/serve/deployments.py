@@ -55,14 +55,19 @@ class QueryEncoder:
 @serve.deployment(name="Searcher", max_ongoing_requests=64)
 class Searcher:
     """Owns the store and the governance that decrypts and re-ranks its candidates.
-    On milvus-lite exactly one replica may exist (one process per database)."""
+    On milvus-lite exactly one replica may exist (one process per database).
+
+    It serves the live name through :class:`~pixlake.platform.lifecycle.LiveCollection`:
+    a ``pixlake reindex`` promotion or a ``pixlake rollback`` is followed within a second,
+    with no query failing, when the new version holds this encoder's embeddings."""
 
     def __init__(self, settings: Any):
         from pixlake.platform.governance.service import Governance
+        from pixlake.platform.lifecycle import LiveCollection
         from pixlake.platform.query import QueryCollection
         from pixlake.platform.store import MilvusStore
 
-        self.collection = QueryCollection(MilvusStore.configured(settings.store), Governance.open(settings))
+        self.collection = LiveCollection(QueryCollection(MilvusStore.configured(settings.store), Governance.open(settings)))
         self.owned_sources = settings.governance.owned_sources
 
     def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:

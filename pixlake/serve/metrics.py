@@ -28,6 +28,8 @@ class Metrics:
         requests_total: Counter of requests, labels (route, method, status).
         request_latency_seconds: Histogram of request latency, label (route).
         encoder_batch_size: Histogram of encoder batch sizes, label (kind: text/image).
+        replica_retries_total: Counter of calls retried because a replica was dead or restarting,
+            label (deployment).
     """
 
     def __init__(self) -> None:
@@ -44,6 +46,10 @@ class Metrics:
             "pixlake_encoder_batch_size", "Inputs per encoder forward pass, by input kind",
             ("kind",), buckets=BATCH_BUCKETS, registry=self.registry,
         )
+        self.replica_retries_total = Counter(
+            "pixlake_replica_retries_total", "Calls retried while a replica of the deployment was restarting",
+            ("deployment",), registry=self.registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one handled request.
@@ -57,6 +63,10 @@ class Metrics:
         """
         self.requests_total.labels(route=route, method=method.upper(), status=str(int(status))).inc()
         self.request_latency_seconds.labels(route=route).observe(max(0.0, seconds))
+
+    def observe_replica_retry(self, deployment: str) -> None:
+        """Record one call retried because the replica behind it died or was restarting."""
+        self.replica_retries_total.labels(deployment=deployment).inc()
 
     def observe_batch(self, kind: str, size: int) -> None:
         """Record one encoder batch; call it in the process that runs the encoder.

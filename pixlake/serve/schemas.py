@@ -88,6 +88,7 @@ class CollectionInfo(BaseModel):
     """A served collection."""
 
     name: str
+    version: Optional[str] = Field(None, description="the collection the name serves now (a version, after pixlake reindex)")
     rows: int
     model: Optional[str]
     index_type: Optional[str]

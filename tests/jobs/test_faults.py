@@ -7,44 +7,22 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from pixlake.platform.corpus import MANIFEST, write_corpus
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.store import MilvusStore
-from tests.conftest import tiny_settings
+from tests.conftest import descendant_pids, tiny_settings
 
 ENCODER_ACTOR = "MapWorker(MapBatches(EmbedImages))"
-
-
-def _descendants_titled(prefix: str) -> list[int]:
-    """Processes of this test's own Ray (descendants of this process) whose title starts with ``prefix``."""
-    me, found = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            if not title.startswith(prefix):
-                continue
-            pid = int(entry)
-            while pid > 1:  # walk up: is it ours?
-                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                if pid == me:
-                    found.append(int(entry))
-                    break
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
 
 
 def _kill_encoder_once(killed: list, restarted: list, stop: threading.Event) -> None:
     """SIGKILL this job's encoder actor once it has been up a moment, then watch for the
     replacement Ray starts (proof the job still needed an encoder: the kill was mid-job).
     An earlier job's encoder may still be exiting: only processes new since the start count."""
-    stale = set(_descendants_titled(f"ray::{ENCODER_ACTOR}"))
+    stale = set(descendant_pids(f"ray::{ENCODER_ACTOR}"))
     while not stop.is_set():
-        pids = [p for p in _descendants_titled(f"ray::{ENCODER_ACTOR}") if p not in stale and p not in killed]
+        pids = [p for p in descendant_pids(f"ray::{ENCODER_ACTOR}") if p not in stale and p not in killed]
         if pids and not killed:
             time.sleep(1.0)  # let it embed a few batches first
             try:

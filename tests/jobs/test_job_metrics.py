@@ -53,6 +53,7 @@ def test_every_metric_the_dashboard_charts_is_one_pixlake_exposes(tmp_path):
     serve = Metrics()
     serve.observe_request("/v1/search", "POST", 200, 0.01)
     serve.encoder_batch_size.labels(kind="text").observe(4)
+    serve.observe_replica_retry("Searcher")
     run = RunMetrics(8)
     run.observe_stage("embed", 0.2, 16)
     report = JobReport("r", "m", "s", "db", "lite", "images", "HNSW", "", rejected=1,
