@@ -570,7 +570,8 @@ class MilvusStore:
         try:
             return self._client.describe_alias(name)["collection_name"]
         except Exception as e:
-            if getattr(e, "code", None) == 100:  # "alias ... does not exist"
+            # milvus-lite: code 100 "alias ... does not exist"; a 2.3 server: 1600 "alias not found"
+            if getattr(e, "code", None) in (100, 1600):
                 return None
             raise
 

@@ -21,22 +21,102 @@ def _pixlake(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=ENV)
 
 
-def test_reindex_promotes_then_rollback_switches_back_and_refuses_past_the_oldest(tmp_path):
+def test_reindex_refusals_and_exit_codes(tmp_path):
+    """Promotion needs the gate (exit 2), a refused gate is exit 1 with nothing switched, and a
+    plain collection has nothing to roll back to (exit 2). The promotion and rollback paths:
+    the server test below and tests/platform/test_lifecycle.py."""
     write_corpus(tmp_path / "c", 24, seed=4, holdout=0.5)
     manifest, db = str(tmp_path / "c" / MANIFEST), str(tmp_path / "r.db")
     assert _pixlake("embed", manifest, "--db", db).returncode == 0
     refused = _pixlake("reindex", "--db", db, "--beta", "0.1")
     assert refused.returncode == 2 and "--eval" in refused.stderr.strip().splitlines()[-1]
     report = tmp_path / "reindex.json"
-    done = _pixlake("reindex", "--db", db, "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "1", "--report", str(report))
-    assert done.returncode == 0, done.stderr[-2000:]
+    gated = _pixlake("reindex", "--db", db, "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "-1",
+                     "--report", str(report))
+    assert gated.returncode == 1 and "quality gate refused" in gated.stderr, gated.stderr[-2000:]
     result = json.loads(report.read_text())
-    assert result["promoted"] and result["mode"] == "rebuild" and result["rows"] == 24
-    assert result["switch"] == {"collection": "images", "from": "images_v1", "to": "images_v2"}
-    back = _pixlake("rollback", "--db", db)
-    assert back.returncode == 0 and json.loads(back.stdout) == {"collection": "images", "from": "images_v2", "to": "images_v1"}
-    past = _pixlake("rollback", "--db", db)
-    assert past.returncode == 2 and "oldest version" in past.stderr
-    gated = _pixlake("reindex", "--db", db, "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "-1")
-    assert gated.returncode == 1 and "quality gate refused" in gated.stderr
-    assert json.loads(gated.stdout)["to"] == "images_v3" and not json.loads(gated.stdout)["promoted"]
+    assert (result["mode"], result["to"], result["rows"], result["promoted"]) == ("rebuild", "images_v2", 24, False)
+    assert not result["gate"]["passed"]
+    nothing = _pixlake("rollback", "--db", db)
+    assert nothing.returncode == 2 and "not a live alias" in nothing.stderr
+
+
+def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_back_on_a_server(milvus_server, tmp_path):
+    """The deployment shape: Milvus server, `pixlake serve` and `pixlake reindex`/`rollback`
+    as separate processes; a client searching throughout sees only 200s and each switch."""
+    import signal
+    import socket
+    import threading
+    import time
+
+    import requests
+
+    from pixlake.platform.governance.keys import load_master_key
+
+    keys = tmp_path / "keys"
+    load_master_key(keys, create=True)  # an operator-provided key file (a server never creates one)
+    collection = f"live_{tmp_path.name[-8:].replace('-', '_')}"
+    env = {**ENV, "PIXLAKE_GOVERNANCE__KEY_DIR": str(keys), "PIXLAKE_STORE__DB": milvus_server,
+           "PIXLAKE_STORE__COLLECTION": collection, "PIXLAKE_API_KEYS": "kl:default:search"}
+    write_corpus(tmp_path / "c", 24, seed=6, holdout=0.5)
+    manifest = str(tmp_path / "c" / MANIFEST)
+
+    def pixlake(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=env)
+
+    assert pixlake("embed", manifest).returncode == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve = subprocess.Popen([str(BIN / "pixlake"), "serve", "--model", TINY[0], "--pretrained", TINY[1], "--db", milvus_server,
+                              "--collection", collection, "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    url, statuses, versions, stop = f"http://127.0.0.1:{port}", [], [], threading.Event()
+
+    def search_throughout() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                r = session.post(f"{url}/v1/search", json={"text": "a red star", "k": 3},
+                                 headers={"Authorization": "Bearer kl"}, timeout=60)
+                statuses.append(r.status_code)
+                time.sleep(0.05)
+
+    def served_version() -> str:
+        return requests.get(f"{url}/v1/collections", headers={"Authorization": "Bearer kl"}, timeout=30).json()["collections"][0]["version"]
+
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 30
+        while (seen := served_version()) != version:
+            assert time.monotonic() < deadline, f"Serve still serves {seen}, not {version}"
+            time.sleep(0.2)
+        versions.append(version)
+
+    try:
+        deadline = time.monotonic() + 180
+        seen = []
+        while "pixlake serving" not in (line := serve.stdout.readline()):
+            seen.append(line)
+            assert serve.poll() is None and time.monotonic() < deadline, "pixlake serve did not start:\n" + "".join(seen[-120:])
+        clients = [threading.Thread(target=search_throughout) for _ in range(2)]
+        for c in clients:
+            c.start()
+        try:
+            wait_for(collection)
+            done = pixlake("reindex", "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "1")
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert json.loads(done.stdout)["switch"] == {"collection": collection, "from": f"{collection}_v1",
+                                                        "to": f"{collection}_v2"}
+            wait_for(f"{collection}_v2")
+            assert pixlake("rollback").returncode == 0
+            wait_for(f"{collection}_v1")
+            past = pixlake("rollback")
+            assert past.returncode == 2 and "oldest version" in past.stderr
+        finally:
+            stop.set()
+            for c in clients:
+                c.join()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=90)
+    assert len(statuses) > 50 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert versions == [collection, f"{collection}_v2", f"{collection}_v1"]

@@ -17,7 +17,7 @@ from tests.conftest import descendant_pids
 from tests.serve.conftest import LOAD_KEYS
 
 KEYS = LOAD_KEYS  # search keys no other test spends (each key's rate limit has a burst of 150)
-WINDOW_S, RATE_PER_S, KILL_AT_S = 24.0, 6.0, 6.0
+WINDOW_S, RATE_PER_S, KILL_AT_S = 16.0, 6.0, 4.0
 
 
 def _replica_pids(deployment: str) -> list[int]:
