@@ -106,11 +106,19 @@ def kill_milvus_server(server) -> None:
 
 
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A real Milvus server for the server-path tests (:func:`start_milvus_server`); yields its URI."""
+def milvus_server_process(tmp_path_factory):
+    """The session's one real Milvus server (:func:`start_milvus_server`). A second one did not
+    come up beside it (180 s timeout in CI), so the reliability tests kill and restart this
+    one, and leave it running."""
     server = start_milvus_server(tmp_path_factory.mktemp("milvus-server"))
-    yield f"http://127.0.0.1:{server.listen_port}"
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(milvus_server_process):
+    """The URI of the session's Milvus server, for the server-path tests."""
+    return f"http://127.0.0.1:{milvus_server_process.listen_port}"
 
 
 def descendant_pids(prefix: str) -> list[int]:

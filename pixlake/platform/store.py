@@ -288,9 +288,9 @@ class MilvusStore:
         return self.retries
 
     @_store_errors
-    def exists(self) -> bool:
-        """Whether the collection exists."""
-        return self._client.has_collection(self.collection)
+    def exists(self, name: Optional[str] = None) -> bool:
+        """Whether the collection (or the collection or alias ``name`` of this database) exists."""
+        return self._client.has_collection(name or self.collection)
 
     @_store_errors
     def ensure_collection(self, dim: int, model: str) -> IndexChoice:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 
 from pixlake.platform.corpus import MANIFEST, write_corpus
@@ -130,26 +129,26 @@ def test_a_new_encoder_is_re_embedded_and_a_reader_of_the_old_one_stays_on_its_v
         store.close()
 
 
-def test_the_gate_refuses_a_candidate_that_loses_recall_and_nothing_switches(live):
-    settings, manifest = live
+def test_the_gate_refuses_a_candidate_that_loses_recall_and_reindex_refuses_what_it_cannot_do(tmp_path):
     current = {"text_to_image": {"recall@10": 0.80}, "image_to_image": {"recall@10": 0.90}}
     worse = {"text_to_image": {"recall@10": 0.78}, "image_to_image": {"recall@10": 0.95}}
     verdict = gate(current, worse, 0.01)
     assert not verdict["passed"] and verdict["by_query_type"]["text_to_image"]["change"] == -0.02
     assert gate(current, worse, 0.05)["passed"]
-    # a real run whose gate demands more than the candidate can give: built, evaluated, not promoted
-    result = reindex(settings, _candidate(settings, beta=TINY_BETA * 2), eval_manifest=manifest, max_recall_drop=-1.0)
-    assert not result["gate"]["passed"] and not result["promoted"]
-    store = MilvusStore(settings.store.db, "images")
-    try:
-        assert resolve(store, "images") == "images" and store.alias_target("images") is None
-        assert "images_v2" in store.collections() and not [c for c in store.collections() if "_eval_" in c]
-        with pytest.raises(StoreError, match="not a live alias"):
-            rollback(store, "images")
-    finally:
-        store.close()
+    # A real refused gate, end to end (built, evaluated, not switched, exit 1):
+    # tests/e2e/test_reindex_cli.py::test_reindex_refusals_and_exit_codes.
+    settings = tiny_settings(tmp_path / "none.db")
     with pytest.raises(ConfigError, match="nothing changes"):
-        reindex(settings, settings, eval_manifest=manifest)
+        reindex(settings, settings, eval_manifest="holdout.parquet")
     with pytest.raises(ConfigError, match="--eval"):
         reindex(settings, _candidate(settings, beta=0.2))
-    assert np.isfinite(result["evaluation"]["candidate"]["image_to_image"]["recall@10"])
+    with pytest.raises(StoreError, match="no collection images"):
+        reindex(settings, _candidate(settings, beta=0.2), eval_manifest="holdout.parquet")
+    store = MilvusStore(settings.store.db, "images")
+    try:
+        with pytest.raises(StoreError, match="not a live alias"):
+            rollback(store, "images")
+        with pytest.raises(StoreError, match="no such pixlake collection"):
+            promote(store, "images", "images_v9")
+    finally:
+        store.close()
