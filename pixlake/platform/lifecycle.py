@@ -158,16 +158,23 @@ class LiveCollection:
 
     def search(self, *args: Any, **kwargs: Any) -> list[dict]:
         """:meth:`QueryCollection.search` on the live collection."""
+        return self._read("search", *args, **kwargs)
+
+    def item(self, tenant: str, item_id: str) -> Optional[dict]:
+        """:meth:`QueryCollection.item` on the live collection."""
+        return self._read("item", tenant, item_id)
+
+    def _read(self, method: str, *args: Any, **kwargs: Any) -> Any:
         self.follow()
         try:
-            return self.current.search(*args, **kwargs)
+            return getattr(self.current, method)(*args, **kwargs)
         except StoreError:
             pass  # the collection may have been renamed under us (an adoption): look, then once more
         deadline = time.monotonic() + _GAP_WAIT_S
         while resolve(self.current.store, self.live) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         self.follow(force=True)
-        return self.current.search(*args, **kwargs)
+        return getattr(self.current, method)(*args, **kwargs)
 
     def describe(self) -> dict:
         """The live name, the version served, and (when behind) the version it cannot follow."""

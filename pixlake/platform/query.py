@@ -14,7 +14,7 @@ from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform import records as R
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.settings import Settings
-from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter
+from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter, literal
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -107,6 +107,14 @@ class QueryCollection:
         expr = build_filter(tenant, meta, subject)
         fields = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
         return self.governance.reveal(tenant, self.store.query(expr, fields))
+
+    def item(self, tenant: str, item_id: str) -> Optional[dict]:
+        """One row of a tenant by id, decrypted (``source`` opened), or None when the tenant
+        has no such row or its subject is being erased (what a thumbnail may show)."""
+        expr = f"{build_filter(tenant)} and {R.ID} == {literal(item_id)}"
+        fields = (R.ID, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
+        rows = self.governance.reveal(tenant, self.store.query(expr, fields))
+        return rows[0] if rows else None
 
     def describe(self) -> dict:
         """The store's description plus how the rows are protected."""

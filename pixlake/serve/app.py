@@ -13,9 +13,9 @@ import time
 from typing import Any, Optional
 
 import numpy as np
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.exceptions import RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,11 +23,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform.query import combine
+from pixlake.platform.source_files import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
+from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, Thumbnailer, ThumbnailError
 from pixlake.serve.auth import KeyStore, RateLimiter, ServeError
 from pixlake.serve.config import ServeSettings
 from pixlake.serve.deployments import QueryEncoder, Searcher
 from pixlake.serve.metrics import Metrics
+from pixlake.serve.page import router as page_router
 from pixlake.serve.schemas import (
     CollectionInfo,
     CollectionsResponse,
@@ -44,12 +47,15 @@ from pixlake.serve.schemas import (
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="pixlake", version="0.1.0", description="Multimodal search over pixlake collections.")
+api.include_router(page_router)
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
 # Decoder rejections that mean "wrong kind of file" or "too big" rather than "broken file".
 _REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large": 413, "decompression_bomb": 413}
 # How long a read waits for Serve to replace a dead encoder or searcher replica (a model
 # load takes seconds) before the client gets a 503 with Retry-After.
 REPLICA_RETRY_S = 30.0
+# A results page fetches one thumbnail per hit: each takes a tenth of a search's rate-limit token.
+THUMBNAIL_COST = 0.1
 
 
 class ApiError(Exception):
@@ -132,6 +138,7 @@ class Ingress:
         self.limiter = RateLimiter(self.settings.rate_per_s, self.settings.rate_burst)
         _process["max_body_bytes"] = self.settings.max_body_bytes
         self.limits = DecodeLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
+        self.thumbnails = Thumbnailer(self.settings.platform_settings().job.decode)
         self._info = None  # model info, fetched from the encoder on first use
         self._pil = None
 
@@ -161,11 +168,11 @@ class Ingress:
             self._pil = self._info["preprocess"].pil_transform()
         return self._info
 
-    def _principal(self, request: Request, scope: str):
+    def _principal(self, request: Request, scope: str, cost: float = 1.0):
         try:
             principal = self.keys.authenticate(request.headers.get("authorization"))
             principal.require(scope)
-            self.limiter.check(principal.key_name)
+            self.limiter.check(principal.key_name, cost)
         except ServeError as e:
             code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}[e.status_code]
             raise ApiError(e.status_code, code, e.message, e.headers) from e
@@ -252,6 +259,35 @@ class Ingress:
         return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], version=d["version"], rows=d["rows"],
                                                                model=d["model"],
                                                                index_type=d["index_type"], encryption=d["encryption"])])
+
+    @api.get("/v1/items/{item_id}/thumbnail", response_class=Response, responses={
+        **_ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG, longest edge `size` pixels"},
+        304: {"description": "unchanged since the ETag sent in If-None-Match"}, 502: {"model": ErrorBody}})
+    @observed("/v1/items/{id}/thumbnail")
+    async def thumbnail(self, item_id: str, request: Request,
+                        size: int = Query(DEFAULT_SIDE, ge=MIN_SIDE, le=MAX_SIDE, description="longest edge, pixels")) -> Response:
+        """A JPEG preview of one of the key's tenant's items, drawn from its source (scope ``search``).
+
+        The row is looked up in the key's tenant on every request, cached or not, so another
+        tenant's item, or one whose subject is being erased, is a 404. Browsers revalidate
+        (``no-cache`` with an ETag), so an erased item stops showing at once."""
+        principal = self._principal(request, "search", THUMBNAIL_COST)
+        item = await self._call(self.searcher.item, principal.tenant, item_id)
+        if item is None:
+            raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
+        headers = {"ETag": f'"{item["content_hash"][:32]}-{size}"', "Cache-Control": "private, no-cache",
+                   "X-Content-Type-Options": "nosniff"}
+        if request.headers.get("if-none-match") == headers["ETag"]:
+            return Response(status_code=304, headers=headers)
+        try:
+            data = await asyncio.to_thread(self.thumbnails.draw, item["source"], item["content_hash"], size)
+        except SourceUnavailable as e:
+            raise ApiError(404, "source_unavailable", f"no source image to preview: {e}") from e
+        except (SourceTooLarge, ThumbnailError) as e:
+            raise ApiError(422, "source_rejected", f"the source image cannot be previewed: {e}") from e
+        except (OSError, ValueError) as e:
+            raise ApiError(502, "source_unreadable", f"the source image could not be read: {e}") from e
+        return Response(data, media_type="image/jpeg", headers=headers)
 
     @api.post("/v1/erasures", status_code=202, response_model=ErasureAccepted, responses=_ERRORS)
     @observed("/v1/erasures")

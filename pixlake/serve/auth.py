@@ -343,11 +343,12 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key name -> (tokens, last refill time)
 
-    def check(self, key_name: str) -> None:
-        """Take one token from the key's bucket.
+    def check(self, key_name: str, cost: float = 1.0) -> None:
+        """Take ``cost`` tokens (one request's worth by default) from the key's bucket.
 
         Args:
             key_name: the caller's key name (``Principal.key_name``).
+            cost: tokens this request takes (a thumbnail takes a fraction of a search).
 
         Raises:
             RateLimited: the bucket is empty; ``retry_after_s`` is the ceiling of the
@@ -358,10 +359,10 @@ class RateLimiter:
             tokens, last = self._buckets.get(key_name, (float(self.burst), now))
             # max(0, ...) guards a clock that steps back (only possible with a fake clock)
             tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
-            if tokens + self._EPS >= 1.0:
-                self._buckets[key_name] = (tokens - 1.0, now)
+            if tokens + self._EPS >= cost:
+                self._buckets[key_name] = (tokens - cost, now)
                 return
             self._buckets[key_name] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate_per_s
+            wait = (cost - tokens) / self.rate_per_s
         log.debug("rate limited key %s for %.3f s", key_name, wait)
         raise RateLimited(max(1, math.ceil(wait - self._EPS)))

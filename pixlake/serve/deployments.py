@@ -74,6 +74,12 @@ class Searcher:
         """Hits for one query vector in one tenant, under a structured metadata filter."""
         return self.collection.search(vector, k=k, tenant=tenant, meta=meta)
 
+    def item(self, tenant: str, item_id: str) -> Optional[dict]:
+        """Where one of the tenant's items came from (its opened ``source``) and its keyed
+        ``content_hash``; None when the tenant has no such row or is erasing its subject."""
+        row = self.collection.item(tenant, item_id)
+        return None if row is None else {"source": row["source"], "content_hash": row["content_hash"]}
+
     def start_erasure(self, tenant: str, subject: str) -> str:
         """Start (or resume) the erasure of a raw subject id; it runs on a thread here,
         the process that owns the store. Returns the erasure id."""

@@ -367,3 +367,17 @@ def test_rate_limiter_thread_safety():
 def test_rate_limiter_rejects_bad_settings(rate, burst):
     with pytest.raises(AuthConfigError):
         RateLimiter(rate_per_s=rate, burst=burst)
+
+
+def test_rate_limiter_charges_the_cost_of_a_request():
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=1, burst=1, clock=clock)
+    for _ in range(10):  # ten thumbnails (0.1 each) make one search's token
+        limiter.check("k", 0.1)
+    with pytest.raises(RateLimited):
+        limiter.check("k", 0.1)
+    clock.advance(0.1)
+    limiter.check("k", 0.1)
+    with pytest.raises(RateLimited) as e:
+        limiter.check("k")  # a whole token needs a second more
+    assert e.value.retry_after_s == 1

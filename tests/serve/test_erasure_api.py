@@ -20,6 +20,10 @@ def _search_initech(served, path) -> list[dict]:
     return resp.json()["results"]
 
 
+def _thumbnail(served, item_id) -> int:
+    return requests.get(f"{served['url']}/v1/items/{item_id}/thumbnail", headers=X, timeout=30).status_code
+
+
 def _receipt(served, erasure_id, headers=X):
     return requests.get(f"{served['url']}/v1/erasures/{erasure_id}", headers=headers, timeout=30)
 
@@ -37,6 +41,8 @@ def test_erasure_over_http_removes_the_subject_and_keeps_the_identical_image_of_
     kept, erased_only = served["initech"]  # kept: also held by keep-me (identical bytes)
     before = _search_initech(served, kept)
     assert len(before) == 3 and before[0]["score"] > 0.999 and before[1]["score"] > 0.999  # both copies
+    thumbnails = {h["id"]: _thumbnail(served, h["id"]) for h in before}
+    assert set(thumbnails.values()) == {200}, thumbnails
 
     resp = requests.post(served["url"] + "/v1/erasures", json={"subject": "erase-me"}, headers=X, timeout=30)
     assert resp.status_code == 202, resp.text
@@ -55,4 +61,6 @@ def test_erasure_over_http_removes_the_subject_and_keeps_the_identical_image_of_
 
     after = _search_initech(served, kept)
     assert len(after) == 1 and after[0]["score"] > 0.999  # keep-me's identical image, still found first
+    # the erased rows' thumbnails are gone too (they were fetched, so cached, before); keep-me's stays
+    assert {i: _thumbnail(served, i) for i in thumbnails} == {i: 200 if i == after[0]["id"] else 404 for i in thumbnails}
     assert not any(h["score"] > 0.999 for h in _search_initech(served, erased_only))  # nothing of erase-me left

@@ -16,6 +16,7 @@ from pixlake.platform import records as R
 from pixlake.platform.governance.cipher import keyed_hash
 from pixlake.platform.images import content_hash
 from pixlake.platform.pipeline.rows import OK, rejected, table
+from pixlake.platform.source_files import SourceReader, SourceTooLarge, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,8 @@ class LoadItems:
 
     def __init__(self, default_tenant: str, max_bytes: int, governance: Any):
         self.default_tenant = default_tenant
-        self.max_bytes = max_bytes
+        self.reader = SourceReader(max_bytes)
         self.governance = governance
-        self._filesystems: dict[str, Any] = {}
         self._identity: dict[str, bytes] = {}
 
     def _identify(self, tenant: str, subject: str, data: bytes) -> tuple[str, str]:
@@ -44,26 +44,6 @@ class LoadItems:
         digest = keyed_hash(key, content_hash(data).encode(), "content")
         return keyed_hash(key, (subject or R.item_subject(digest)).encode(), "subject"), digest
 
-    def _read(self, location: str) -> bytes:
-        import pyarrow.fs as pafs
-
-        scheme, _, rest = location.rpartition("://")
-        if scheme in ("", "file"):
-            fs, path = self._filesystems.setdefault("", pafs.LocalFileSystem()), rest
-        else:
-            # from_uri is slow for object stores (credentials, region): once per bucket.
-            key = f"{scheme}://{rest.split('/', 1)[0]}"
-            if key not in self._filesystems:
-                self._filesystems[key] = pafs.FileSystem.from_uri(location)[0]
-            fs, path = self._filesystems[key], rest  # pyarrow paths are "bucket/key"
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError("no such file")
-        if info.size is not None and info.size > self.max_bytes:
-            raise _TooLarge(f"too_large: {info.size} bytes > cap {self.max_bytes}")
-        with fs.open_input_stream(path) as f:
-            return f.read()
-
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []
         for item in batch.to_pylist():
@@ -73,9 +53,12 @@ class LoadItems:
             data = item["image"]
             if not data and item["path"]:
                 try:
-                    data = self._read(item["path"])
-                except _TooLarge as e:
+                    data = self.reader.read(item["path"])
+                except SourceTooLarge as e:
                     out.append(rejected(row, str(e)))
+                    continue
+                except SourceUnavailable:
+                    out.append(rejected(row, "unreadable: no such file"))
                     continue
                 except (OSError, ValueError) as e:
                     out.append(rejected(row, f"unreadable: {e}"))
@@ -85,7 +68,3 @@ class LoadItems:
             row["source"] = row["source"] or f"content:{digest}"
             out.append(row)
         return table(out, [("image", pa.binary())])
-
-
-class _TooLarge(Exception):
-    pass

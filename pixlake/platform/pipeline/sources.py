@@ -18,10 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform.errors import SourceError
+from pixlake.platform.source_files import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 ITEM_SCHEMA = pa.schema(
     [
         ("source", pa.string()),  # where the image came from, as shown to users
