@@ -27,26 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from common import free_port, pct
+
 TARGET = "HTTP p50 <= 1.5x in-process p50 at concurrency 1, zero errors at concurrency 32"
 COLLECTION = "images"
 BATCH = 5_000
 
 
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_db(db: Path, rows: int, encoder, seed: int = 0) -> float:

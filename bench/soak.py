@@ -31,7 +31,6 @@ import argparse
 import base64
 import json
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -41,18 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common import free_port, pct
+
 KEY = "ksoak"
 MIX = (("text", 0.60), ("image", 0.25), ("embed", 0.15))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
 def rss_mib() -> dict[str, float]:

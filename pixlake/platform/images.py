@@ -81,12 +81,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image | Rejection:
+def decode_image(data: bytes, limits: DecodeLimits | None = None, draft_side: int | None = None) -> Image.Image | Rejection:
     """Decode untrusted bytes into an upright RGB image, or say why not.
 
     Args:
         data: The encoded file contents. Only the detected format matters, never a name.
         limits: Byte and pixel caps; ``DecodeLimits()`` defaults when ``None``.
+        draft_side: when set, a JPEG may be decoded at a power-of-two reduction that keeps
+            both edges at least this long (the decoder's DCT scaling: several times
+            faster for a thumbnail of a large photo). The caps apply to the full size.
 
     Returns:
         A new RGB :class:`PIL.Image.Image` detached from ``data`` (first frame of a GIF,
@@ -98,10 +101,10 @@ def decode_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image
         return _reject("empty: zero-byte input")
     if len(data) > limits.max_bytes:
         return _reject(f"too_large: {len(data)} bytes > cap {limits.max_bytes}")
-    return _decode(data, limits)
+    return _decode(data, limits, draft_side)
 
 
-def _decode(data: bytes, limits: DecodeLimits) -> Image.Image | Rejection:
+def _decode(data: bytes, limits: DecodeLimits, draft_side: int | None = None) -> Image.Image | Rejection:
     try:
         # Only allow-listed parsers ever see the bytes; others are only named below.
         with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as img:
@@ -113,6 +116,8 @@ def _decode(data: bytes, limits: DecodeLimits) -> Image.Image | Rejection:
                                f"> cap {limits.max_pixels}")
             if _FORMAT_ALIASES.get(img.format, img.format) not in ALLOWED_FORMATS:
                 return _reject(f"unsupported_format: {img.format}")
+            if draft_side and img.format == "JPEG":
+                img.draft("RGB", (draft_side, draft_side))
             img.load()  # decode everything now, so truncation surfaces here
             img = _exif_upright(img)
             try:

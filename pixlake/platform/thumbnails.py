@@ -43,7 +43,7 @@ def make_thumbnail(data: bytes, side: int = DEFAULT_SIDE, limits: Optional[Decod
     """
     from PIL import Image
 
-    image = decode_image(data, limits)
+    image = decode_image(data, limits, draft_side=side)
     if isinstance(image, Rejection):
         raise ThumbnailError(image.reason)
     image.thumbnail((side, side), Image.Resampling.LANCZOS)

@@ -51,10 +51,8 @@ def demo_app(tmp_path_factory):
     config.write_text(f"rate_per_s: 0.5\nrate_burst: 60\nmax_image_bytes: {MAX_IMAGE_BYTES}\n")
     port = _free_port()
     env["PIXLAKE_API_KEYS"] = f"{KEY}:default:search,{DRAIN_KEY}:default:search"
-    serve = subprocess.Popen([str(BIN / "pixlake"), "serve", *flags, "--config", str(config), "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    serve = _start_serve([str(BIN / "pixlake"), "serve", *flags, "--config", str(config), "--port", str(port)], env)
     try:
-        _read_until(serve, "pixlake serving", timeout=240)
         manifest = pq.read_table(root / "corpus" / MANIFEST, columns=["path", "colour"]).to_pylist()
         yield {"url": f"http://127.0.0.1:{port}", "images": images,
                "colour": {Path(r["path"]).name: r["colour"] for r in manifest}}
@@ -64,6 +62,23 @@ def demo_app(tmp_path_factory):
             serve.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
+
+
+def _start_serve(command: list, env: dict, tries: int = 2) -> subprocess.Popen:
+    """Start ``pixlake serve``; start it again if it exits before serving. Ray's local start
+    has been seen here to time out (raylet registration) right after another Ray shut down."""
+    for attempt in range(tries):
+        serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                 start_new_session=True)
+        try:
+            _read_until(serve, "pixlake serving", timeout=240)
+            return serve
+        except AssertionError:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+            if attempt == tries - 1 or serve.wait() == 0:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")

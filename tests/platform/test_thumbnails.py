@@ -83,3 +83,20 @@ def test_cache_evicts_the_least_recently_used_past_its_byte_bound():
     assert cache.get(("b",)) is None and cache.get(("a",)) and cache.get(("c",)) and cache.size_bytes == 8
     cache.put(("d",), b"x" * 11)  # larger than the whole cache: not kept, nothing evicted
     assert cache.get(("d",)) is None and len(cache) == 2
+
+
+def test_large_jpeg_decodes_reduced_for_a_thumbnail_and_keeps_the_picture():
+    from pixlake.platform.images import decode_image
+
+    img = Image.new("RGB", (2400, 1200), (220, 20, 20))
+    img.paste((20, 20, 220), (1200, 0, 2400, 1200))
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=90)
+    data = out.getvalue()
+    assert decode_image(data).size == (2400, 1200)
+    assert decode_image(data, draft_side=256).size == (600, 300)  # 1/4: the smallest scale keeping 256 px
+    thumb = Image.open(io.BytesIO(make_thumbnail(data, 256))).convert("RGB")
+    assert thumb.size == (256, 128)
+    assert thumb.getpixel((40, 64))[0] > 180 and thumb.getpixel((216, 64))[2] > 180
+    with pytest.raises(ThumbnailError, match="decompression_bomb"):  # the caps see the full size
+        make_thumbnail(data, 256, DecodeLimits(max_pixels=2_000_000))
