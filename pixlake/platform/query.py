@@ -111,6 +111,8 @@ class QueryCollection:
     def item(self, tenant: str, item_id: str) -> Optional[dict]:
         """One row of a tenant by id, decrypted (``source`` opened), or None when the tenant
         has no such row or its subject is being erased (what a thumbnail may show)."""
+        if not R.is_row_id(item_id):
+            return None  # no row has such an id; never let it near an expression
         expr = f"{build_filter(tenant)} and {R.ID} == {literal(item_id)}"
         fields = (R.ID, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
         rows = self.governance.reveal(tenant, self.store.query(expr, fields))

@@ -13,3 +13,10 @@ def test_row_id_is_deterministic_and_keys_on_tenant_subject_and_content():
 
 def test_an_item_without_subject_is_its_own_subject():
     assert R.item_subject("abc") != R.item_subject("abd")
+
+
+def test_is_row_id_accepts_only_the_shape_row_id_makes():
+    good = R.row_id("t", "s", "h")
+    assert R.is_row_id(good)
+    for bad in (good.upper(), good[:-1], good + "0", f'{good[:30]}" ', "", "g" * 32):
+        assert not R.is_row_id(bad), bad

@@ -49,6 +49,9 @@ def test_thumbnail_is_scoped_to_the_keys_tenant(served):
     unknown = _thumb(served, "0" * 32, headers=B)
     assert other.status_code == unknown.status_code == 404
     assert other.json()["error"] == unknown.json()["error"] == "not_found"
+    for odd in ('x" or tenant != "', item.upper(), item + "0", "ü" * 32, "%00"):  # not an id: no row, never a 5xx
+        resp = _thumb(served, odd)
+        assert resp.status_code == 404 and resp.json()["error"] == "not_found", (odd, resp.text)
 
 
 def test_thumbnail_errors_are_4xx_json(served):
