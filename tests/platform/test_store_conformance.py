@@ -501,6 +501,23 @@ class TestStoreConformance:
             store.delete(filter=build_filter())
         assert store.count() == len(t1) + len(t2)
 
+    def test_compact_reports_each_collection_and_keeps_what_was_not_deleted(self, populated):
+        store, t1, t2 = populated
+        other = store.for_collection(f"{store.collection}_other")
+        try:
+            other.ensure_collection(DIM, MODEL)
+            other.upsert(t2)
+            store.delete(filter=build_filter(tenant="t2"))
+            outcomes = store.compact([store.collection, other.collection])
+            assert outcomes == {store.collection: "done", other.collection: "done"}
+            assert store.compact() == {store.collection: "done"}  # default: this collection
+            assert store.count() == len(t1) and other.count() == len(t2)
+            (hits,) = store.search([t1[0][R.VECTOR]], k=1)
+            assert ids_of(hits) == [t1[0][R.ID]]
+        finally:
+            other.drop()
+            other.close()
+
     # close --------------------------------------------------------------------------------
 
     def test_close_twice_then_reopen_releases(self, backend: Backend):
