@@ -139,6 +139,7 @@ class Ingress:
         _process["max_body_bytes"] = self.settings.max_body_bytes
         self.limits = DecodeLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
         self.thumbnails = Thumbnailer(self.settings.platform_settings().job.decode)
+        _metrics.watch_thumbnail_cache(self.thumbnails.cache)  # hit rate: is 64 MiB per replica enough?
         self._info = None  # model info, fetched from the encoder on first use
         self._pil = None
 
@@ -328,7 +329,7 @@ class Ingress:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> PlainTextResponse:
-        """Prometheus text: requests by route and status, latency, encoder batch sizes."""
+        """Prometheus text: requests by route and status, latency, encoder batch sizes, thumbnail cache."""
         encoder_text = await self.encoder.metrics_text.remote()
         body, content_type = _metrics.render_with(encoder_text)
         return PlainTextResponse(body, media_type=content_type)

@@ -12,7 +12,10 @@ serves ``render_with(encoder_text)`` on ``/metrics``, merging the two exposition
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # 1 ms .. 10 s: cached health checks sit at the bottom, CPU image encodes near the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -30,6 +33,9 @@ class Metrics:
         encoder_batch_size: Histogram of encoder batch sizes, label (kind: text/image).
         replica_retries_total: Counter of calls retried because a replica was dead or restarting,
             label (deployment).
+        Thumbnail cache families, once :meth:`watch_thumbnail_cache` is called:
+            ``pixlake_thumbnail_cache_lookups_total`` (label result: hit/miss),
+            ``pixlake_thumbnail_cache_bytes`` and ``pixlake_thumbnail_cache_entries``.
     """
 
     def __init__(self) -> None:
@@ -50,6 +56,17 @@ class Metrics:
             "pixlake_replica_retries_total", "Calls retried while a replica of the deployment was restarting",
             ("deployment",), registry=self.registry,
         )
+
+        self._thumbnail_cache: Optional[_ThumbnailCacheCollector] = None
+
+    def watch_thumbnail_cache(self, cache: Any) -> None:
+        """Export a :class:`pixlake.platform.thumbnails.ThumbnailCache`'s hits, misses and
+        size, read from it at scrape time (it counts them itself). A later call watches the
+        new cache instead, so a replica constructed again in one process never clashes."""
+        if self._thumbnail_cache is not None:
+            self.registry.unregister(self._thumbnail_cache)
+        self._thumbnail_cache = _ThumbnailCacheCollector(cache)
+        self.registry.register(self._thumbnail_cache)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record one handled request.
@@ -111,6 +128,24 @@ class Metrics:
         if not extra.strip():
             return body, content_type
         return _merge_expositions(body, extra), content_type
+
+
+class _ThumbnailCacheCollector:
+    """Reads a thumbnail cache's own counters when Prometheus scrapes."""
+
+    def __init__(self, cache: Any):
+        self.cache = cache
+
+    def collect(self):
+        lookups = CounterMetricFamily("pixlake_thumbnail_cache_lookups",
+                                      "Thumbnail cache lookups in this ingress replica, by result", labels=("result",))
+        lookups.add_metric(("hit",), self.cache.hits)
+        lookups.add_metric(("miss",), self.cache.misses)
+        yield lookups
+        yield GaugeMetricFamily("pixlake_thumbnail_cache_bytes", "Thumbnail bytes held by this ingress replica's cache",
+                                value=self.cache.size_bytes)
+        yield GaugeMetricFamily("pixlake_thumbnail_cache_entries", "Thumbnails held by this ingress replica's cache",
+                                value=len(self.cache))
 
 
 def _split_families(text: bytes) -> dict[str, tuple[list[bytes], list[bytes]]]:

@@ -48,12 +48,14 @@ def test_the_job_writes_its_metrics_for_prometheus(ray_session, corpus_dir, tmp_
 def test_every_metric_the_dashboard_charts_is_one_pixlake_exposes(tmp_path):
     from pixlake.platform.pipeline.report import JobReport
     from pixlake.platform.pipeline.run_metrics import RunMetrics, write_metrics_file
+    from pixlake.platform.thumbnails import ThumbnailCache
     from pixlake.serve.metrics import Metrics
 
     serve = Metrics()
     serve.observe_request("/v1/search", "POST", 200, 0.01)
     serve.encoder_batch_size.labels(kind="text").observe(4)
     serve.observe_replica_retry("Searcher")
+    serve.watch_thumbnail_cache(ThumbnailCache())
     run = RunMetrics(8)
     run.observe_stage("embed", 0.2, 16)
     report = JobReport("r", "m", "s", "db", "lite", "images", "HNSW", "", rejected=1,

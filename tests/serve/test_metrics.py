@@ -117,3 +117,22 @@ def test_render_with_empty_extra_is_render():
     m = Metrics()
     m.observe_request("/r", "GET", 200, 0.1)
     assert _samples(m.render_with(b"")[0]) == _samples(m.render()[0])
+
+
+def test_thumbnail_cache_is_read_at_scrape_time_and_a_new_cache_replaces_the_old():
+    from pixlake.platform.thumbnails import ThumbnailCache
+
+    m, cache = Metrics(), ThumbnailCache(max_bytes=1000)
+    m.watch_thumbnail_cache(cache)
+    assert cache.get(("h", 32)) is None
+    cache.put(("h", 32), b"x" * 300)
+    assert cache.get(("h", 32)) == b"x" * 300
+    assert cache.get(("h", 32)) is not None
+    s = _samples(m.render()[0])
+    assert s[("pixlake_thumbnail_cache_lookups_total", (("result", "hit"),))] == 2
+    assert s[("pixlake_thumbnail_cache_lookups_total", (("result", "miss"),))] == 1
+    assert s[("pixlake_thumbnail_cache_bytes", ())] == 300 and s[("pixlake_thumbnail_cache_entries", ())] == 1
+    m.watch_thumbnail_cache(ThumbnailCache())  # e.g. a replica built again in this process
+    s = _samples(m.render()[0])
+    assert s[("pixlake_thumbnail_cache_lookups_total", (("result", "hit"),))] == 0
+    assert s[("pixlake_thumbnail_cache_bytes", ())] == 0

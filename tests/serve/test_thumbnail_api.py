@@ -24,9 +24,18 @@ def _thumb(served, item_id, headers=A, **params):
     return requests.get(f"{served['url']}/v1/items/{item_id}/thumbnail", headers=headers, params=params, timeout=30)
 
 
+def _cache_lookups(served) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = requests.get(served["url"] + "/metrics", timeout=30).text
+    family = next(f for f in text_string_to_metric_families(body) if f.name == "pixlake_thumbnail_cache_lookups")
+    return {s.labels["result"]: s.value for s in family.samples}
+
+
 def test_thumbnail_is_a_small_jpeg_of_the_source(served):
     path = next(p for p, t in zip(served["images"], served["tenants"]) if t == "acme")
     top = _hits(served, path)[0]
+    before = _cache_lookups(served)
     assert top["source"].endswith(path.name)
     resp = _thumb(served, top["id"], size=32)
     assert resp.status_code == 200, resp.text
@@ -40,6 +49,9 @@ def test_thumbnail_is_a_small_jpeg_of_the_source(served):
     again = _thumb(served, top["id"], headers={**A, "If-None-Match": resp.headers["etag"]}, size=32)
     assert again.status_code == 304 and again.content == b""
     assert _thumb(served, top["id"], headers={**A, "If-None-Match": '"other"'}, size=32).status_code == 200
+    # two draws (a 304 draws nothing), the second from the replica's cache: /metrics says so
+    after = _cache_lookups(served)
+    assert sum(after.values()) - sum(before.values()) == 2 and after["hit"] > before["hit"], (before, after)
 
 
 def test_thumbnail_is_scoped_to_the_keys_tenant(served):
