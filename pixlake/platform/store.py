@@ -516,7 +516,7 @@ class MilvusStore:
         rows leave the sealed segments; returns each collection's outcome: ``done``,
         ``scheduled`` (still running at the timeout) or ``not_supported: ...``.
 
-        A server compacts in the background and each job takes 15-20 s here however small
+        A server compacts in the background and each job takes 10-20 s here however small
         it is, so every job is started first and all are awaited together: compacting N
         collections costs one wait, not N.
         """
