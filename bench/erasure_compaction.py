@@ -1,7 +1,7 @@
 """What an erasure's compaction step costs on a Milvus server as collections multiply.
 
 An erasure compacts every pixlake collection of the database (versions kept for rollback
-count too). The embedded 2.3 server takes 15-20 s per compaction job however small, so
+count too). The embedded 2.3 server takes 10-20 s per compaction job however small, so
 ``MilvusStore.compact`` starts every job before it waits. This prints, on the embedded
 server in one run, the step one collection at a time (what it did before) beside all at
 once, for N collections of R rows with a subject's rows deleted from each.

@@ -244,7 +244,7 @@ def run_train_job(settings: TrainSettings, progress: Optional[Callable[[dict], N
     """
     import ray
 
-    from pixlake.platform.pipeline.job import init_ray
+    from pixlake.platform.ray_runtime import init_ray
 
     if not Path(settings.manifest).is_file():  # fail in a second, before Ray starts
         raise SourceError(f"manifest not found: {settings.manifest}")

@@ -35,14 +35,13 @@ def start(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
     Returns:
         The base URL.
     """
-    import ray
     from ray import serve
 
+    from pixlake.platform.ray_runtime import init_ray
     from pixlake.serve.app import build_app
 
     check_model_matches(settings)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(settings.model_dump(mode="json")), name=APP_NAME, route_prefix="/")
     url = f"http://{host}:{port}"

@@ -18,11 +18,7 @@ ENV.pop("RAY_ADDRESS", None)
 
 
 def _pixlake(*args: str) -> subprocess.CompletedProcess:
-    for _ in range(2):  # Ray's local start now and then times out right after another Ray shut down
-        done = subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=ENV)
-        if "Timed out waiting for file" not in done.stderr:
-            break
-    return done
+    return subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=ENV)
 
 
 def test_reindex_refusals_and_exit_codes(tmp_path):

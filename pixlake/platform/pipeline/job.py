@@ -7,7 +7,6 @@ read → load → skip (deny-list, already embedded) → decode (CPU tasks) → 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,21 +27,13 @@ from pixlake.platform.pipeline.run_metrics import RunMetrics, timed, write_metri
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
 from pixlake.platform.pipeline.sources import read_items, resolve_source
+from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
 from pixlake.platform.store_actor import start_governance_actor, start_stats_actor, start_store_actor
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
-
-
-def init_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or one started
-    with ``ray start`` on this machine; else start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
 
 
 def protection(settings: Settings) -> str:

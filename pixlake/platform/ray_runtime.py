@@ -1,0 +1,32 @@
+"""Joining or starting Ray: the one place pixlake calls ``ray.init``."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# Ray's local start has been seen here to time out waiting for its GCS port file right after
+# another Ray on this machine shut down; a second start succeeds.
+LOCAL_START_TRIES = 2
+
+
+def init_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or one started
+    with ``ray start`` on this machine; else start a local one (again once, if it times out)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    tries = 1 if address else LOCAL_START_TRIES
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            return
+        except RuntimeError as e:
+            if "Timed out" not in str(e) or attempt == tries:
+                raise
+            log.warning("Ray's local start timed out (%s); starting it again", e)
+            ray.shutdown()
