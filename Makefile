@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30 tests
+	$(BIN)/python -m pytest -q --durations=60 tests
 
 # The whole platform on the embedded default: corpus -> Ray embed job -> evaluation ->
 # Ray Serve HTTP queries -> clean shutdown (pixlake/jobs/demo.py).

@@ -16,7 +16,7 @@ from pixlake.jobs import plan_index as plan_index_job
 from pixlake.jobs import reindex as reindex_job
 from pixlake.jobs import rekey as rekey_job
 from pixlake.jobs import train as train_job
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
 
 
 def _settings(args: argparse.Namespace):
@@ -43,10 +43,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     finally:
         collection.close()
     if args.json:
-        print(json.dumps(hits))
+        emit(json.dumps(hits))
     else:
         for rank, h in enumerate(hits, 1):
-            print(f"{rank:>3}  {h['score']:.4f}  {h['source']}")
+            emit(f"{rank:>3}  {h['score']:.4f}  {h['source']}")
     return 0
 
 
@@ -57,7 +57,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     settings = _settings(args)
     image = read_image_file(args.image) if args.image else None
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained)
-    print(json.dumps([float(x) for x in encode_query(encoder, text=args.text, image=image, limits=settings.job.decode)]))
+    emit(json.dumps([float(x) for x in encode_query(encoder, text=args.text, image=image, limits=settings.job.decode)]))
     return 0
 
 
@@ -75,12 +75,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = validated(ServeSettings, {**values, **{k: v for k, v in flags.items() if v is not None}})
     settings.api_keys()  # a malformed PIXLAKE_API_KEYS fails here, in one line
     url = run.start(settings, args.host, args.port)
-    print(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop", flush=True)
+    emit(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("shutting down", flush=True)
+        emit("shutting down")
     finally:
         run.stop()
     return 0
@@ -93,7 +93,7 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     if args.n < 1 or not 0 <= args.holdout <= 1:
         raise ConfigError("--n must be at least 1 and --holdout within [0, 1]")
     paths = write_corpus(args.out, args.n, seed=args.seed, holdout=args.holdout)
-    print(f"wrote {len(paths)} images to {args.out / 'images'} and the manifest {args.out / MANIFEST}")
+    emit(f"wrote {len(paths)} images to {args.out / 'images'} and the manifest {args.out / MANIFEST}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -22,19 +23,37 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="open_clip tag, local checkpoint path, or 'none' for random weights")
 
 
+# Where emit() writes while run_main has sent sys.stdout to stderr; None outside run_main.
+_results = None
+
+
+def emit(*values: object) -> None:
+    """Print a command's output: the one thing a ``pixlake`` command writes on stdout."""
+    print(*values, file=_results or sys.stdout, flush=True)
+
+
 def run_main(body: Callable[[], int]) -> int:
-    """Run a command body; a :class:`PixlakeError` becomes one line on stderr and exit code 2."""
+    """Run a command body; a :class:`PixlakeError` becomes one line on stderr and exit code 2.
+
+    While the body runs, anything else printed to stdout goes to stderr: Ray's driver prints
+    raylet warnings there ("N worker processes have been started..."), which would break
+    ``pixlake reindex | jq``. Results go through :func:`emit`."""
+    global _results
     from pixlake.platform.errors import PixlakeError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _results = sys.stdout
     try:
-        return body()
+        with contextlib.redirect_stdout(sys.stderr):
+            return body()
     except PixlakeError as e:
         print(f"pixlake: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pixlake: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _results = None
 
 
 def validated(model: type, values: dict):

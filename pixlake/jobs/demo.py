@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import run_main
+from pixlake.jobs.common import emit, run_main
 
 DEMO_KEY = "demo-key"
 TEXT_QUERIES = ("show me a red star", "find the blue circles", "i am looking for a yellow triangle on a black background")
@@ -47,17 +47,17 @@ def _free_port() -> int:
 def _show(title: str, response) -> None:
     import requests  # noqa: F401  (response is a requests.Response)
 
-    print(f"\n-- {title}  [HTTP {response.status_code}]")
+    emit(f"\n-- {title}  [HTTP {response.status_code}]")
     body = response.json()
     if response.status_code != 200:
-        print(f"   {body}")
+        emit(f"   {body}")
         return
     for rank, hit in enumerate(body["results"], 1):
         meta = hit["meta"]
         what = f"{meta.get('count', '')} {meta.get('size', '')} {meta.get('texture', '')} {meta.get('label', '')}"
-        print(f"   {rank}. {hit['score']:.3f}  {Path(hit['source']).name}  {' '.join(what.split())}"
-              f" on {meta.get('background', '?')}")
-    print(f"   ({body['took_ms']:.0f} ms, model {body['model']})")
+        emit(f"   {rank}. {hit['score']:.3f}  {Path(hit['source']).name}  {' '.join(what.split())}"
+             f" on {meta.get('background', '?')}")
+    emit(f"   ({body['took_ms']:.0f} ms, model {body['model']})")
 
 
 def _http_queries(url: str, image: Path) -> None:
@@ -82,15 +82,15 @@ def _erasure(url: str, image: Path, subject: str) -> None:
 
     auth = {"Authorization": f"Bearer {DEMO_KEY}"}
     accepted = requests.post(f"{url}/v1/erasures", json={"subject": subject}, headers=auth, timeout=60)
-    print(f"\n-- erase subject {subject!r}  [HTTP {accepted.status_code}] {accepted.json()}")
+    emit(f"\n-- erase subject {subject!r}  [HTTP {accepted.status_code}] {accepted.json()}")
     erasure_id, deadline = accepted.json()["erasure_id"], time.monotonic() + 120
     while (receipt := requests.get(f"{url}/v1/erasures/{erasure_id}", headers=auth, timeout=60).json())["status"] == "in_progress":
         if time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    print(f"   receipt: {receipt['status']}, verified {receipt['verified']}, subject pseudonym {receipt['subject'][:12]}…")
+    emit(f"   receipt: {receipt['status']}, verified {receipt['verified']}, subject pseudonym {receipt['subject'][:12]}…")
     for step in receipt["steps"]:
-        print(f"     {step['name']:<14} {step['status']:<14} {step['count']:>4}")
+        emit(f"     {step['name']:<14} {step['status']:<14} {step['count']:>4}")
     with open(image, "rb") as f:
         again = requests.post(f"{url}/v1/search/image", files={"file": (image.name, f, "image/png")}, data={"k": "5"},
                               headers=auth, timeout=60)
@@ -113,34 +113,34 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     settings = load_settings(overrides={"store": {"db": args.db, "collection": "images"},
                                         "encoder": {"model": args.model, "pretrained": args.pretrained}})
-    print(f"== 1. corpus: {args.n} captioned synthetic images (seed {args.seed}) -> {args.data}")
+    emit(f"== 1. corpus: {args.n} captioned synthetic images (seed {args.seed}) -> {args.data}")
     images = write_corpus(args.data, args.n, seed=args.seed, holdout=1.0)  # all unseen by the model: all holdout
     manifest = args.data / MANIFEST
 
-    print(f"\n== 2. Ray embed job: {manifest} -> {args.db} with {args.model} ({args.pretrained})")
-    print(run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
+    emit(f"\n== 2. Ray embed job: {manifest} -> {args.db} with {args.model} ({args.pretrained})")
+    emit(run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
         update={"report": args.out / "embed-report.json"})})).summary())
 
-    print("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
+    emit("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
     result = evaluate(str(manifest), settings)
     table = save(result, args.out / "evaluation.json", args.out / "evaluation.md")
-    print(table)
+    emit(table)
 
-    print("\n== 4. Ray Serve HTTP API on loopback")
+    emit("\n== 4. Ray Serve HTTP API on loopback")
     serve = ServeSettings(db=args.db, collection="images", model=args.model, pretrained=args.pretrained,
                           keys=parse_api_keys(f"{DEMO_KEY}:default:search+embed+erase"))
     try:
         url = serve_run.start(serve, "127.0.0.1", _free_port())
-        print(f"serving at {url} (OpenAPI at {url}/docs)")
+        emit(f"serving at {url} (OpenAPI at {url}/docs)")
         _http_queries(url, images[0])
-        print("\n== 5. GDPR erasure over HTTP")
+        emit("\n== 5. GDPR erasure over HTTP")
         _erasure(url, images[0], pq.read_table(manifest, columns=["subject"]).column(0)[0].as_py())
     finally:
         serve_run.stop()
         ray.shutdown()
 
-    print(f"\n== 6. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
-          f"on {result['rows']} unseen images ({args.out / 'evaluation.json'}):\n\n{table}")
+    emit(f"\n== 6. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
+         f"on {result['rows']} unseen images ({args.out / 'evaluation.json'}):\n\n{table}")
     return 0
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     report = run_embed_job(args.source, settings)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    emit(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 
 

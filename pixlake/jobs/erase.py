@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, run_main
+from pixlake.jobs.common import add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
         erasure_id, resumed = eraser.start(args.tenant, args.subject, args.purge_sources)
         receipt = eraser.run(erasure_id)
     if args.json:
-        print(json.dumps(receipt, indent=2))
+        emit(json.dumps(receipt, indent=2))
     else:
-        print(f"erasure {receipt['erasure_id']} {'resumed and ' if resumed else ''}{receipt['status']}; "
-              f"verified: {receipt['verified']}")
+        emit(f"erasure {receipt['erasure_id']} {'resumed and ' if resumed else ''}{receipt['status']}; "
+             f"verified: {receipt['verified']}")
         for step in receipt["steps"]:
-            print(f"  {step['name']:<14} {step['status']:<14} {step['count']:>6}  {step['at']}")
+            emit(f"  {step['name']:<14} {step['status']:<14} {step['count']:>6}  {step['at']}")
     return 0
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
 
 DEFAULT_COLLECTION = "evaluation"
 
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     )
     result = evaluate(str(args.manifest), settings, split=None if args.split == "all" else args.split, label=args.label)
     table = save(result, args.json, args.markdown)
-    print(f"{settings.encoder.model} on {result['rows']} holdout images "
-          f"(collection {settings.store.collection}):\n\n{table}")
+    emit(f"{settings.encoder.model} on {result['rows']} holdout images "
+         f"(collection {settings.store.collection}):\n\n{table}")
     return 0
 
 

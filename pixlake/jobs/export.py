@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, run_main
+from pixlake.jobs.common import add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(export, indent=2)
     if args.out:
         args.out.write_text(text + "\n")
-        print(f"exported {sum(len(v) for v in export['collections'].values())} items to {args.out}")
+        emit(f"exported {sum(len(v) for v in export['collections'].values())} items to {args.out}")
     else:
-        print(text)
+        emit(text)
     return 0
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, run_main
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                                 text_field=args.text_field, target=args.target, k=args.k, opq=args.opq,
                                 segment_rows=args.segment_rows, max_rerank_factor=args.max_rerank_factor)
     plan.save(args.out)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan_summary(plan, args.out))
+    emit(json.dumps(plan.to_dict(), indent=2) if args.json else plan_summary(plan, args.out))
     return 0
 
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, run_main
+from pixlake.jobs.common import add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
-    print(text)
+    emit(text)
     refused = not args.no_promote and not result["promoted"]
     if refused:
         print(f"pixlake: {result['to']} not promoted: the quality gate refused it; {result['collection']} still "
@@ -79,7 +79,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
     store = MilvusStore.configured(settings.store)
     try:
-        print(json.dumps(rollback(store, settings.store.collection, args.to)))
+        emit(json.dumps(rollback(store, settings.store.collection, args.to)))
     finally:
         store.close()
     return 0

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, run_main
+from pixlake.jobs.common import add_store_flags, emit, run_main
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
     with open_governed_store(settings) as (store, governance):
-        print(json.dumps(rekey(store, governance, args.tenant)))
+        emit(json.dumps(rekey(store, governance, args.tenant)))
     return 0
 
 

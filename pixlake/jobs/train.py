@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from pixlake.jobs.common import run_main, validated
+from pixlake.jobs.common import emit, run_main, validated
 
 
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
@@ -47,17 +47,17 @@ def run(args: argparse.Namespace) -> int:
     settings = validated(TrainSettings, {k: v for k, v in flags.items() if v is not None or k == "split"})
     def show(line: dict) -> None:
         if not args.json:
-            print(f"step {line['step']}/{line['total_steps']}  epoch {line['epoch']}  loss {line['loss']:.4f}  "
-                  f"{line['seconds']:.0f} s", flush=True)
+            emit(f"step {line['step']}/{line['total_steps']}  epoch {line['epoch']}  loss {line['loss']:.4f}  "
+                 f"{line['seconds']:.0f} s")
 
     report = run_train_job(settings, progress=show)
     if args.json:
-        print(json.dumps(report, indent=2))
+        emit(json.dumps(report, indent=2))
     else:
-        print(f"trained {report['model']} for {report['steps']}/{report['total_steps']} steps "
-              f"({report['epochs']} epochs over {report['pairs']} pairs) in {report['seconds']} s on {report['device']}; "
-              f"loss {report['losses'][0]} -> {report['losses'][-1]}\ncheckpoint  {report['checkpoint']}\n"
-              f"use it with --model {report['model']} --pretrained {report['checkpoint']}")
+        emit(f"trained {report['model']} for {report['steps']}/{report['total_steps']} steps "
+             f"({report['epochs']} epochs over {report['pairs']} pairs) in {report['seconds']} s on {report['device']}; "
+             f"loss {report['losses'][0]} -> {report['losses'][-1]}\ncheckpoint  {report['checkpoint']}\n"
+             f"use it with --model {report['model']} --pretrained {report['checkpoint']}")
     return 0
 
 

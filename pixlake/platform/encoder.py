@@ -265,6 +265,16 @@ def _normalise(features: Any) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
+def check_model(model_name: str, pretrained: Optional[str]) -> None:
+    """Fail fast on an unknown model or tag, or a missing checkpoint, without loading weights.
+
+    Raises:
+        ModelError: as :func:`load_encoder` would, in a fraction of the time.
+    """
+    _config(model_name)
+    _resolve_weights(model_name, pretrained)
+
+
 def load_encoder(model_name: str, pretrained: Optional[str], device: Optional[str] = None) -> Encoder:
     """Load an open_clip model with its tokenizer, preprocessing and fingerprint.
 

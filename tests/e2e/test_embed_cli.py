@@ -49,6 +49,7 @@ def test_bad_invocations_fail_with_one_line_and_nonzero_exit(args, message, corp
     errors = [line for line in proc.stderr.splitlines() if line.startswith("pixlake: error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("*.governance")), "a bad flag must fail before a master key is created"
 
 
 def test_cli_embed_then_search_and_encode(corpus_dir, tmp_path):

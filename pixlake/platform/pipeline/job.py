@@ -15,7 +15,7 @@ from typing import Optional
 
 from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
 from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift
-from pixlake.platform.encoder import load_encoder
+from pixlake.platform.encoder import check_model, load_encoder
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.decode import DecodeImages
@@ -63,12 +63,13 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    # Check the store location and the source before starting Ray: a bad flag fails in a
-    # second. The model is checked and loaded (the driver needs its fingerprint and
+    # Check the store location, the source and the model name before starting Ray: a bad
+    # flag fails in a second. The model is loaded (the driver needs its fingerprint and
     # preprocessing) while Ray and the store actor start: both take seconds.
     check_db_location(settings.store.db)
-    key_dir = prepare_governance(settings)
     resolved = resolve_source(source)
+    check_model(settings.encoder.model, settings.encoder.pretrained)
+    key_dir = prepare_governance(settings)  # after the checks: a bad flag creates no key
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
         init_ray()
