@@ -7,8 +7,10 @@ import os
 
 log = logging.getLogger(__name__)
 
-# Ray's local start has been seen here to time out waiting for its GCS port file right after
-# another Ray on this machine shut down; a second start succeeds.
+# Ray's local start has been seen here to time out right after another Ray on this machine
+# shut down, waiting for its GCS port file (RuntimeError "Timed out waiting for file ...") or
+# for its raylet to register (Exception "The current node timed out during startup"); a
+# second start succeeds.
 LOCAL_START_TRIES = 2
 
 
@@ -25,8 +27,8 @@ def init_ray() -> None:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
             return
-        except RuntimeError as e:
-            if "Timed out" not in str(e) or attempt == tries:
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the raylet timeout
+            if "timed out" not in str(e).lower() or attempt == tries:
                 raise
             log.warning("Ray's local start timed out (%s); starting it again", e)
             ray.shutdown()

@@ -513,30 +513,37 @@ class MilvusStore:
 
     def compact(self, collections: Optional[Sequence[str]] = None, timeout: float = 120.0) -> dict[str, str]:
         """Flush and compact ``collections`` of this database (default: this one), so deleted
-        rows leave the sealed segments; returns each collection's outcome: ``done``,
-        ``scheduled`` (still running at the timeout) or ``not_supported: ...``.
+        rows leave the sealed segments; returns each collection's outcome: ``done``, or
+        ``scheduled`` when still running at the timeout (the server finishes it on its own).
 
         A server compacts in the background and each job takes 10-20 s here however small
         it is, so every job is started first and all are awaited together: compacting N
         collections costs one wait, not N.
+
+        Raises:
+            StoreError: as any store call, after retrying a server that is away; an erasure
+                then stops at its compact step and resumes there when run again.
         """
         names = [self.collection] if collections is None else list(collections)
-        outcomes, jobs = {}, {}
-        for name in names:
-            try:
-                self._client.flush(name)
-                jobs[name] = self._client.compact(name)
-            except Exception as e:  # a backend without compaction
-                outcomes[name] = f"not_supported: {str(e).splitlines()[0][:120]}"
-        deadline = time.monotonic() + timeout
+        jobs = {name: self._start_compaction(name) for name in names}
+        done, deadline = [], time.monotonic() + timeout
         while jobs and time.monotonic() < deadline:
             for name, job in list(jobs.items()):
-                if str(self._client.get_compaction_state(job)).lower().endswith("completed"):
-                    outcomes[name] = "done"
+                if self._compaction_completed(job):
+                    done.append(name)
                     del jobs[name]
             if jobs:
                 time.sleep(0.5)
-        return {**outcomes, **{name: "scheduled" for name in jobs}}
+        return {**{name: "done" for name in done}, **{name: "scheduled" for name in jobs}}
+
+    @_store_errors
+    def _start_compaction(self, name: str) -> int:
+        self._client.flush(name)
+        return self._client.compact(name)
+
+    @_store_errors
+    def _compaction_completed(self, job: int) -> bool:
+        return str(self._client.get_compaction_state(job)).lower().endswith("completed")
 
     @_store_errors
     def wait_for_index(self, timeout: float = 300.0) -> dict:

@@ -64,21 +64,17 @@ def demo_app(tmp_path_factory):
             os.killpg(serve.pid, signal.SIGKILL)
 
 
-def _start_serve(command: list, env: dict, tries: int = 2) -> subprocess.Popen:
-    """Start ``pixlake serve``; start it again if it exits before serving. Ray's local start
-    has been seen here to time out (raylet registration) right after another Ray shut down."""
-    for attempt in range(tries):
-        serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                 start_new_session=True)
-        try:
-            _read_until(serve, "pixlake serving", timeout=240)
-            return serve
-        except AssertionError:
-            if serve.poll() is None:
-                os.killpg(serve.pid, signal.SIGKILL)
-            if attempt == tries - 1 or serve.wait() == 0:
-                raise
-    raise AssertionError("unreachable")
+def _start_serve(command: list, env: dict) -> subprocess.Popen:
+    """Start ``pixlake serve`` and wait until it serves."""
+    serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             start_new_session=True)
+    try:
+        _read_until(serve, "pixlake serving", timeout=240)
+    except BaseException:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+        raise
+    return serve
 
 
 @pytest.fixture(scope="module")

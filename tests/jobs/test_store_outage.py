@@ -136,3 +136,31 @@ def test_a_server_down_past_the_deadline_fails_clearly_and_a_rerun_completes(ray
     assert (again.embedded, again.skipped, again.collection_count) == (N - kept, kept, N)
     ids = _ids(uri, collection)
     assert len(ids) == len(set(ids)) == N
+
+
+def test_a_compaction_started_while_the_server_is_down_waits_for_it_and_completes(server, tmp_path):
+    """An erasure's compact step during an outage: retried until the server is back, never
+    recorded as done-without-compacting nor raised as a raw client error."""
+    from pixlake.platform.store import build_filter
+    from tests.platform.test_store_conformance import DIM, MODEL, make_rows
+
+    uri, collection = f"http://127.0.0.1:{server.listen_port}", "outage_compact"
+    store = MilvusStore(uri, collection, retry_deadline_s=120)
+    try:
+        store.ensure_collection(DIM, MODEL)
+        rows = make_rows(8)
+        store.upsert(rows)
+        store.delete(filter=build_filter(tenant=rows[0]["tenant"], subject=rows[0]["subject"]))
+        left = store.count()
+        kill_milvus_server(server)
+        restart = threading.Timer(3.0, server.start)
+        restart.start()
+        try:
+            outcome = store.compact()
+        finally:
+            restart.join()
+        assert outcome == {collection: "done"}
+        assert store.retry_count() > 0, "compact never saw the server down"
+        assert store.count() == left < len(rows)
+    finally:
+        store.close()

@@ -25,9 +25,13 @@ def starts(monkeypatch):
     return calls, errors
 
 
-def test_a_timed_out_local_start_is_started_again(starts):
+@pytest.mark.parametrize("error", [
+    RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y"),
+    Exception("The current node timed out during startup. This could happen because some of the raylet failed"),
+])
+def test_a_timed_out_local_start_is_started_again(starts, error):
     calls, errors = starts
-    errors.append(RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y"))
+    errors.append(error)
     init_ray()
     assert len(calls) == 2 and calls[0]["address"] is None
 
