@@ -138,12 +138,37 @@ def evaluate(
         SourceError: unusable manifest. StoreError: the collection holds other rows, or
             another encoder's embeddings. ModelError: the encoder cannot be loaded.
     """
+    rows = _holdout_rows(manifest, split, label)
+    return _measure(rows, settings, _embed_holdout(rows, settings), label, templates, k)
+
+
+def evaluate_stored(
+    manifest: str, settings: Settings, split: Optional[str] = "holdout", label: str = "label",
+    templates: Optional[Sequence[str]] = None, k: int = max(KS),
+) -> dict:
+    """:func:`evaluate` over a collection that already holds the holdout and nothing else
+    (one rebuilt from a collection :func:`evaluate` filled): no image is embedded for it."""
+    from pixlake.platform.store import MilvusStore
+
+    rows = _holdout_rows(manifest, split, label)
+    store = MilvusStore.configured(settings.store)
+    try:
+        stored = store.count()
+    finally:
+        store.close()
+    if not 0 < stored <= len(rows):  # fewer when the embed job rejected some images
+        raise StoreError(f"collection {settings.store.collection} holds {stored} rows, not the evaluation set's "
+                         f"{len(rows)}")
+    return _measure(rows, settings, stored, label, templates, k)
+
+
+def _measure(rows: list[dict], settings: Settings, stored: int, label: str, templates: Optional[Sequence[str]],
+             k: int) -> dict:
+    """Text and image queries for the holdout ``rows`` against the configured collection."""
     from pixlake.platform.corpus import HOLDOUT_TEMPLATES, query_text
     from pixlake.platform.encoder import load_encoder
     from pixlake.platform.query import encode_query, open_collection, read_image_file
 
-    rows = _holdout_rows(manifest, split, label)
-    stored = _embed_holdout(rows, settings)
     encoder = load_encoder(settings.encoder.model, settings.encoder.pretrained, settings.encoder.device)
     collection = open_collection(settings, encoder.fingerprint)
     tenant = settings.job.tenant

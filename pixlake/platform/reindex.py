@@ -8,8 +8,8 @@ Two ways to build the candidate (:mod:`pixlake.platform.lifecycle` names and swi
 
 The gate runs the evaluation job (:func:`~pixlake.platform.evaluation.evaluate`) for the
 current and the candidate configuration on the same labelled holdout, each into a scratch
-collection dropped afterwards, and promotes only if no query type's recall@10 falls by more
-than ``max_recall_drop``.
+collection dropped afterwards (a rebuild's candidate scratch is rebuilt from the current
+one), and promotes only if no query type's recall@10 falls by more than ``max_recall_drop``.
 """
 
 from __future__ import annotations
@@ -47,15 +47,27 @@ def gate(current: dict, candidate: dict, max_drop: float) -> dict:
     return {"passed": passed, "metric": GATE_METRIC, "max_recall_drop": max_drop, "by_query_type": by_type}
 
 
-def _evaluate(manifest: str, settings: Settings, collection: str) -> dict:
-    from pixlake.platform.evaluation import evaluate
+def _evaluate_both(manifest: str, settings: Settings, candidate: Settings, mode: str, target: str) -> dict:
+    """The gate's evaluations of the current and the candidate configuration, each through a
+    scratch collection dropped afterwards. A rebuild's candidate scratch is rebuilt from the
+    current one, as the version itself is: the holdout is embedded once, and the gate
+    measures what a rebuild makes."""
+    from pixlake.platform.evaluation import evaluate, evaluate_stored
 
-    scratch = _with(settings, collection)
+    current, proposed = _with(settings, f"{target}_eval_current"), _with(settings, f"{target}_eval_candidate", candidate)
     try:
-        return evaluate(manifest, scratch)
+        result = {"current": evaluate(manifest, current)}
+        if mode == "rebuild":
+            with _opened(current) as source_store, _opened(proposed) as target_store:
+                rebuild(source_store, target_store, candidate)
+            result["candidate"] = evaluate_stored(manifest, proposed)
+        else:
+            result["candidate"] = evaluate(manifest, proposed)
+        return result
     finally:
-        with _opened(scratch) as store:
-            store.drop()
+        for scratch in (current, proposed):
+            with _opened(scratch) as store:
+                store.drop()
 
 
 def rebuild(source: MilvusStore, target: MilvusStore, candidate: Settings) -> int:
@@ -132,10 +144,7 @@ def reindex(settings: Settings, candidate: Settings, source: Optional[str] = Non
                               "model_from": configured, "model_to": new_model, "rows": rows,
                               "evaluation": None, "gate": None, "promoted": False, "switch": None}
     if eval_manifest:
-        result["evaluation"] = {
-            "current": _evaluate(eval_manifest, settings, f"{target}_eval_current"),
-            "candidate": _evaluate(eval_manifest, candidate, f"{target}_eval_candidate"),
-        }
+        result["evaluation"] = _evaluate_both(eval_manifest, settings, candidate, mode, target)
         result["gate"] = gate(result["evaluation"]["current"], result["evaluation"]["candidate"], max_recall_drop)
     if promote and result["gate"]["passed"] and rows:
         with _opened(settings) as store:

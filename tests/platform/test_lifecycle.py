@@ -50,8 +50,17 @@ def test_a_rebuild_is_gated_promoted_and_rolled_back_with_no_failed_query(live):
     result = reindex(settings, candidate, eval_manifest=manifest, max_recall_drop=1.0, promote=False)
     assert (result["mode"], result["from"], result["to"], result["rows"]) == ("rebuild", "images", "images_v2", N)
     assert result["gate"]["passed"] and not result["promoted"] and result["switch"] is None
+    evaluation = result["evaluation"]
     for kind in ("text_to_image", "image_to_image"):
-        assert set(result["evaluation"]["current"][kind]) >= {"recall@10"}
+        assert set(evaluation["current"][kind]) >= {"recall@10"}
+    # the candidate's scratch was rebuilt from the current one's: the whole holdout, same queries
+    assert evaluation["candidate"]["rows"] == evaluation["current"]["rows"] > 0
+    assert evaluation["candidate"]["queries"] == evaluation["current"]["queries"]
+    store = MilvusStore(settings.store.db, "images")
+    try:
+        assert not [name for name in store.collections() if "_eval_" in name], "scratch collections left behind"
+    finally:
+        store.close()
     fingerprint = load_encoder(*TINY, device="cpu").fingerprint
     reader = LiveCollection(open_collection(settings, fingerprint))
     query = load_encoder(*TINY, device="cpu").embed_texts(["a red star"])[0]
