@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -44,6 +44,12 @@ class StoreSettings(BaseModel):
         DEFAULT_RETRY_DEADLINE_S, ge=0, le=3600,
         description="how long a call retries a Milvus server that is down or restarting (exponential backoff) "
                     "before the job fails with a clear error; a re-run then completes the rest",
+    )
+    search_consistency: Literal["strong", "bounded"] = Field(
+        "strong",
+        description="Milvus consistency of searches: strong sees every write that returned (a server waits "
+                    "~200 ms per search for it); bounded may miss rows written in the last few seconds "
+                    "(Serve's default). Reads, counts and erasure checks are always strong",
     )
 
     @field_validator("collection")

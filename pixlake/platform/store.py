@@ -229,12 +229,13 @@ class MilvusStore:
     """
 
     def __init__(self, uri: str, collection: str, index_plan: Optional[Path] = None,
-                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S):
+                 retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S, search_consistency: str = "strong"):
         self.uri = uri
         self.collection = collection
         self.backend = backend_of(uri)
         self.index_plan = index_plan
         self.retry_deadline_s = retry_deadline_s
+        self.search_consistency = search_consistency
         self.retries = 0  # calls retried because the server was away (the job reports them)
         plan = json.loads(Path(index_plan).read_text()) if index_plan and Path(index_plan).is_file() else None
         if index_plan and plan is None:
@@ -248,8 +249,8 @@ class MilvusStore:
 
     @classmethod
     def configured(cls, store: Any) -> "MilvusStore":
-        """The store of :class:`~pixlake.platform.settings.StoreSettings` (db, collection, index plan)."""
-        return cls(store.db, store.collection, store.index_plan, store.retry_deadline_s)
+        """The store of :class:`~pixlake.platform.settings.StoreSettings`."""
+        return cls(store.db, store.collection, store.index_plan, store.retry_deadline_s, store.search_consistency)
 
     def _built_index(self) -> Optional[IndexChoice]:
         """The index this collection was created with (its description carries it)."""
@@ -443,8 +444,9 @@ class MilvusStore:
             filter=filter,
             output_fields=list(output_fields),
             search_params=params,
-            # read-your-writes, and an erased row is never returned once its delete returned
-            consistency_level="Strong",
+            # Strong: read-your-writes. Bounded skips a server's wait for it; an erased subject's
+            # rows are kept out by the deny-list (Governance.reveal) either way.
+            consistency_level=self.search_consistency.capitalize(),
         )
         return [[{"id": h["id"], "score": float(h["distance"]), **h["entity"]} for h in hits] for hits in res]
 
@@ -565,7 +567,7 @@ class MilvusStore:
 
     def for_collection(self, collection: str) -> "MilvusStore":
         """Another collection of the same database (a new store; close it when done)."""
-        return MilvusStore(self.uri, collection, self.index_plan, self.retry_deadline_s)
+        return MilvusStore(self.uri, collection, self.index_plan, self.retry_deadline_s, self.search_consistency)
 
     def each_collection(self) -> Iterator["MilvusStore"]:
         """A store for every pixlake collection of this database, this one included; the

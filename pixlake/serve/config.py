@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,10 +26,15 @@ class ServeSettings(BaseModel):
     rate_per_s: float = Field(50.0, gt=0, description="requests per second per key (429 above)")
     rate_burst: int = Field(100, gt=0, description="burst allowance per key")
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings, description="keys, encryption, re-rank")
+    search_consistency: Literal["strong", "bounded"] = Field(
+        "bounded", description="bounded: a row embedded in the last few seconds may not be found yet, and a "
+                               "Milvus server answers without its ~200 ms wait for strong consistency; erased "
+                               "subjects are never returned either way (deny-list)")
 
     def platform_settings(self) -> Settings:
         """The platform settings of the served store (for the query path)."""
-        return load_settings(overrides={"store": {"db": self.db, "collection": self.collection},
+        return load_settings(overrides={"store": {"db": self.db, "collection": self.collection,
+                                                  "search_consistency": self.search_consistency},
                                         "encoder": {"model": self.model, "pretrained": self.pretrained},
                                         "governance": self.governance.model_dump(exclude_unset=True)})
 
