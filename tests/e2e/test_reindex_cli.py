@@ -79,7 +79,7 @@ def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_
                 r = session.post(f"{url}/v1/search", json={"text": "a red star", "k": 3},
                                  headers={"Authorization": "Bearer kl"}, timeout=60)
                 statuses.append(r.status_code)
-                time.sleep(0.05)
+                time.sleep(0.2)  # ~10 queries/s: enough to catch a failed switch, little load on 2 CPUs
 
     def served_version() -> str:
         return requests.get(f"{url}/v1/collections", headers={"Authorization": "Bearer kl"}, timeout=30).json()["collections"][0]["version"]
