@@ -148,23 +148,13 @@ def evaluate_stored(
 ) -> dict:
     """:func:`evaluate` over a collection that already holds the holdout and nothing else
     (one rebuilt from a collection :func:`evaluate` filled): no image is embedded for it."""
-    from pixlake.platform.store import MilvusStore
-
-    rows = _holdout_rows(manifest, split, label)
-    store = MilvusStore.configured(settings.store)
-    try:
-        stored = store.count()
-    finally:
-        store.close()
-    if not 0 < stored <= len(rows):  # fewer when the embed job rejected some images
-        raise StoreError(f"collection {settings.store.collection} holds {stored} rows, not the evaluation set's "
-                         f"{len(rows)}")
-    return _measure(rows, settings, stored, label, templates, k)
+    return _measure(_holdout_rows(manifest, split, label), settings, None, label, templates, k)
 
 
-def _measure(rows: list[dict], settings: Settings, stored: int, label: str, templates: Optional[Sequence[str]],
-             k: int) -> dict:
-    """Text and image queries for the holdout ``rows`` against the configured collection."""
+def _measure(rows: list[dict], settings: Settings, stored: Optional[int], label: str,
+             templates: Optional[Sequence[str]], k: int) -> dict:
+    """Text and image queries for the holdout ``rows`` against the configured collection;
+    ``stored`` is how many rows the embed job left there (None: count and check them)."""
     from pixlake.platform.corpus import HOLDOUT_TEMPLATES, query_text
     from pixlake.platform.encoder import load_encoder
     from pixlake.platform.query import encode_query, open_collection, read_image_file
@@ -177,6 +167,11 @@ def _measure(rows: list[dict], settings: Settings, stored: int, label: str, temp
         return [str(h["meta"].get(label)) == want for h in hits]
 
     try:
+        if stored is None:
+            stored = collection.store.count()
+            if not 0 < stored <= len(rows):  # fewer when the embed job rejected some images
+                raise StoreError(f"collection {settings.store.collection} holds {stored} rows, not the evaluation "
+                                 f"set's {len(rows)}")
         text = []
         for value in sorted({str(r[label]) for r in rows}):
             for template in templates or HOLDOUT_TEMPLATES:

@@ -47,8 +47,8 @@ class StoreSettings(BaseModel):
     )
     search_consistency: Literal["strong", "bounded"] = Field(
         "strong",
-        description="Milvus consistency of searches: strong sees every write that returned (a server waits "
-                    "~200 ms per search for it); bounded may miss rows written in the last few seconds "
+        description="Milvus consistency of searches: strong sees every write that returned (the embedded 2.3 "
+                    "server waits ~400 ms per search for it); bounded may miss rows written in the last few seconds "
                     "(Serve's default). Reads, counts and erasure checks are always strong",
     )
 

@@ -28,7 +28,7 @@ class ServeSettings(BaseModel):
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings, description="keys, encryption, re-rank")
     search_consistency: Literal["strong", "bounded"] = Field(
         "bounded", description="bounded: a row embedded in the last few seconds may not be found yet, and a "
-                               "Milvus server answers without its ~200 ms wait for strong consistency; erased "
+                               "Milvus server answers without its wait (~400 ms here) for strong consistency; erased "
                                "subjects are never returned either way (deny-list)")
 
     def platform_settings(self) -> Settings:
