@@ -22,7 +22,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     add_encoder_flags(parser)
     parser.add_argument("--batch-size", type=int, help="images per encoder batch (default 64)")
     parser.add_argument("--concurrency", type=int, help="encoder actors (default: one per GPU, else 1)")
-    parser.add_argument("--tenant", help="tenant of rows whose source names none (default 'default')")
+    parser.add_argument("--tenant", help="tenant of every row (default 'default'); a manifest row naming another is "
+                        "rejected (tenant_mismatch) unless --allow-manifest-tenants")
+    parser.add_argument("--allow-manifest-tenants", action="store_true",
+                        help="let a manifest's tenant column (Parquet) or field (WebDataset .json) choose each row's tenant")
     parser.add_argument("--gpu-decode", action="store_true",
                         help="decode JPEGs on the encoder's GPU (nvJPEG); CPU tasks then only check headers")
     parser.add_argument("--report", type=Path, help="write the JSON job report here")
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             "store": {"db": args.db, "collection": args.collection},
             "encoder": {"model": args.model, "pretrained": args.pretrained},
             "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
+                    "allow_manifest_tenants": args.allow_manifest_tenants or None,
                     "metrics_file": args.metrics_file,
                     "gpu_decode": args.gpu_decode or None},
             "governance": {"encryption": False if args.no_encryption else None},

@@ -87,7 +87,12 @@ class JobSettings(BaseModel):
     concurrency: Optional[int] = Field(
         None, ge=1, description="encoder actors; default one per GPU, or 1 on a CPU-only cluster"
     )
-    tenant: str = Field("default", min_length=1, description="tenant of rows whose source has no tenant column")
+    tenant: str = Field("default", min_length=1, description="tenant of every row the job writes")
+    allow_manifest_tenants: bool = Field(
+        False,
+        description="let a manifest's tenant (Parquet column, WebDataset .json field) choose its row's tenant; off, a "
+        "row naming another tenant than job.tenant is rejected (tenant_mismatch)",
+    )
     report: Optional[Path] = Field(None, description="write the JSON job report here")
     metrics_file: Optional[Path] = Field(
         None, description="write the run's Prometheus metrics here (text format: node_exporter textfile collector, Pushgateway)"

@@ -104,7 +104,7 @@ def test_parquet_with_inline_bytes_subjects_tenants_and_metadata(ray_session, co
         }
     )
     pq.write_table(table, tmp_path / "rows.parquet")
-    report = run_embed_job(str(tmp_path / "rows.parquet"), tiny_settings(tmp_path / "p.db"))
+    report = run_embed_job(str(tmp_path / "rows.parquet"), tiny_settings(tmp_path / "p.db", allow_manifest_tenants=True))
     assert report.embedded == 12
 
     collection = _collection(tmp_path / "p.db", tiny_encoder.fingerprint)
@@ -124,6 +124,25 @@ def test_parquet_with_inline_bytes_subjects_tenants_and_metadata(ray_session, co
         vector = tiny_encoder.embed_images([Image.open(images[0]).convert("RGB")])[0]  # images[0] is globex
         hits = collection.search(vector, k=12, tenant="acme")
         assert len(hits) == 6 and hits[0]["score"] < 0.999999
+    finally:
+        collection.close()
+
+
+def test_a_manifest_cannot_choose_another_tenant_nor_read_devices(ray_session, corpus_dir, tmp_path):
+    """Without --allow-manifest-tenants the job's tenant is every row's: a manifest row naming
+    another is a rejection, as are a device and an object-store URI carrying connection options."""
+    images = sorted(corpus_dir.glob("*.png"))[:3]
+    paths = [str(p) for p in images] + ["/dev/zero", "s3://bucket/a.png?endpoint_override=127.0.0.1:9"]
+    pq.write_table(pa.table({"path": paths, "tenant": ["acme", "", "globex", "", ""]}), tmp_path / "rows.parquet")
+    report = run_embed_job(str(tmp_path / "rows.parquet"), tiny_settings(tmp_path / "p.db", tenant="acme"))
+    assert (report.embedded, report.rejected) == (2, 3)
+    reasons = {r["source"]: r["reason"] for r in report.rejections}
+    assert reasons[paths[2]].startswith("tenant_mismatch: manifest names tenant 'globex', job runs as 'acme'")
+    assert reasons["/dev/zero"].startswith("unreadable: not a regular file")
+    assert reasons[paths[4]].startswith("refused:")
+    collection = _collection(tmp_path / "p.db", report.model)
+    try:
+        assert collection.store.count(build_filter("acme")) == 2 and collection.store.count(build_filter("globex")) == 0
     finally:
         collection.close()
 

@@ -246,6 +246,21 @@ def test_single_non_image_file(tmp_path: Path):
         resolve_source(str(f))
 
 
+def test_object_store_source_with_connection_options_is_refused():
+    for source in ("s3://bucket/images?endpoint_override=127.0.0.1:9&scheme=http", "s3://key:secret@bucket/images",
+                   "gs://bucket/*.png?endpoint_override=evil"):
+        with pytest.raises(SourceError, match="refused: .* carry no query string or credentials"):
+            resolve_source(source)
+
+
+def test_source_that_is_no_regular_file_is_refused(tmp_path: Path):
+    import os
+
+    os.mkfifo(tmp_path / "rows.parquet")  # a reader would wait on it forever
+    with pytest.raises(SourceError, match="not a regular file"):
+        resolve_source(str(tmp_path / "rows.parquet"))
+
+
 def test_unknown_uri_scheme():
     with pytest.raises(SourceError):
         resolve_source("nosuchscheme://bucket/images")

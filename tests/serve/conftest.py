@@ -43,7 +43,7 @@ def served(ray_session, tmp_path_factory):
         root / "rows.parquet",
     )
     db = root / "p.db"
-    run_embed_job(str(root / "rows.parquet"), tiny_settings(db))
+    run_embed_job(str(root / "rows.parquet"), tiny_settings(db, allow_manifest_tenants=True))  # the manifest names tenants
     settings = ServeSettings(
         db=str(db), collection="images", model=TINY[0], pretrained=TINY[1], keys=parse_api_keys(KEYS),
         rate_per_s=0.5, rate_burst=150, max_body_bytes=2_000_000, max_image_bytes=1_000_000, max_image_pixels=4_000_000,

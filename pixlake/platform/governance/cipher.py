@@ -307,3 +307,11 @@ def keyed_hash(key: bytes, data: bytes, purpose: str, length: int = 32) -> str:
         raise GovernanceError(f"hash length must be 1 to 64 hex characters, got {length!r}")
     mac = hmac.new(bytes(key), purpose.encode("utf-8") + b"\0" + bytes(data), hashlib.sha256)
     return mac.hexdigest()[:length]
+
+
+def keyed_content_hash(identity_key: bytes, digest: str) -> str:
+    """A row's ``content_hash``: the plain SHA-256 hex ``digest`` of its bytes
+    (:func:`pixlake.platform.images.content_hash`), keyed under the tenant's identity key,
+    so the store holds no probe-able plain hash. The embed job computes it this way, and
+    a thumbnail is drawn only from bytes whose keyed hash matches the row's."""
+    return keyed_hash(identity_key, digest.encode(), "content")

@@ -98,7 +98,8 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         stats = start_stats_actor(dim)
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
-            dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance),
+            dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,
+                                                     settings.job.allow_manifest_tenants),
                                            stats), batch_format="pyarrow", batch_size=STAGE_BATCH)
             .map_batches(timed("skip", SkipExisting(store, fingerprint, governance), stats), batch_format="pyarrow",
                          batch_size=STAGE_BATCH)

@@ -1,5 +1,9 @@
 """Load stage: fetch each item's bytes, hash them and give the row its deterministic id.
 
+The job's tenant is every row's tenant: a manifest naming another one is a rejected row
+(``tenant_mismatch``) unless the operator allowed manifest tenants, so the author of a
+manifest cannot write into a tenant the job was not started for.
+
 The subject pseudonym and the content hash are keyed under the tenant's identity key
 (from the governance actor), so neither a raw subject id nor a probe-able plain hash of
 the image reaches the store.
@@ -13,10 +17,10 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform import records as R
-from pixlake.platform.governance.cipher import keyed_hash
+from pixlake.platform.governance.cipher import keyed_content_hash, keyed_hash
 from pixlake.platform.images import content_hash
 from pixlake.platform.pipeline.rows import OK, rejected, table
-from pixlake.platform.source_files import SourceReader, SourceTooLarge, SourceUnavailable
+from pixlake.platform.source_files import SourceReader, SourceRefused, SourceTooLarge, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +29,16 @@ class LoadItems:
     """Callable stage over item blocks (see ``sources.ITEM_SCHEMA``).
 
     Args:
-        default_tenant: tenant of items whose source names none.
-        max_bytes: files larger than this are rejected without being read.
+        default_tenant: the job's tenant, of every row.
+        max_bytes: files larger than this are rejected (at most ``max_bytes + 1`` bytes read).
         governance: the job's governance actor proxy.
+        allow_manifest_tenants: let an item's own tenant (a manifest's) choose its row's
+            tenant; otherwise an item naming another tenant than ``default_tenant`` is rejected.
     """
 
-    def __init__(self, default_tenant: str, max_bytes: int, governance: Any):
+    def __init__(self, default_tenant: str, max_bytes: int, governance: Any, allow_manifest_tenants: bool = False):
         self.default_tenant = default_tenant
+        self.allow_manifest_tenants = allow_manifest_tenants
         self.reader = SourceReader(max_bytes)
         self.governance = governance
         self._identity: dict[str, bytes] = {}
@@ -41,7 +48,7 @@ class LoadItems:
         if tenant not in self._identity:
             self._identity[tenant] = self.governance.identity_key(tenant)
         key = self._identity[tenant]
-        digest = keyed_hash(key, content_hash(data).encode(), "content")
+        digest = keyed_content_hash(key, content_hash(data))
         return keyed_hash(key, (subject or R.item_subject(digest)).encode(), "subject"), digest
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -50,17 +57,19 @@ class LoadItems:
             tenant = item["tenant"] or self.default_tenant
             row = {"source": item["source"], "id": "", "tenant": tenant, "subject": "", "content_hash": "",
                    "meta": item["meta"], "status": OK, "reason": "", "image": b""}
+            if tenant != self.default_tenant and not self.allow_manifest_tenants:
+                row["tenant"] = self.default_tenant  # no later stage looks the named tenant up for it
+                out.append(rejected(row, f"tenant_mismatch: manifest names tenant {tenant!r}, job runs as "
+                                         f"{self.default_tenant!r} (--allow-manifest-tenants lets manifests choose)"))
+                continue
             data = item["image"]
             if not data and item["path"]:
                 try:
                     data = self.reader.read(item["path"])
-                except SourceTooLarge as e:
+                except (SourceTooLarge, SourceRefused) as e:
                     out.append(rejected(row, str(e)))
                     continue
-                except SourceUnavailable:
-                    out.append(rejected(row, "unreadable: no such file"))
-                    continue
-                except (OSError, ValueError) as e:
+                except (SourceUnavailable, OSError, ValueError) as e:  # missing, a device or FIFO, no permission
                     out.append(rejected(row, f"unreadable: {e}"))
                     continue
             subject, digest = self._identify(tenant, item["subject"], data)

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform.errors import SourceError
-from pixlake.platform.source_files import IMAGE_EXTENSIONS
+from pixlake.platform.source_files import IMAGE_EXTENSIONS, split_location
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,19 @@ class ResolvedSource:
 
 
 def _filesystem(source: str):
-    """Return (filesystem, path or glob pattern in it, prefix for user-facing URIs)."""
+    """Return (filesystem, path or glob pattern in it, prefix for user-facing URIs).
+
+    Raises:
+        SourceError: an object-store URI carrying connection options (a query string,
+            credentials; so ``?`` is no glob character there), or one pyarrow cannot open.
+    """
     import os
 
     import pyarrow.fs as pafs
 
     if "://" not in source:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(source)), ""
+    split_location(source)  # refuses options: only configuration sets up an object store
     scheme = source.split("://", 1)[0]
     has_glob = any(c in source for c in _GLOB_CHARS)
     base = _glob_base(source) if has_glob else source
@@ -140,6 +146,8 @@ def resolve_source(source: str) -> ResolvedSource:
             raise SourceError(f"cannot read source {source}: {e}") from e
         if info.type == pafs.FileType.NotFound:
             raise SourceError(f"source not found: {source}")
+        if info.type not in (pafs.FileType.File, pafs.FileType.Directory):  # a device or FIFO: reads never end
+            raise SourceError(f"source {source} is not a regular file or directory")
         files = _list(fs, path) if info.type == pafs.FileType.Directory else [path]
         if not files:
             raise SourceError(f"source directory {source} is empty")
