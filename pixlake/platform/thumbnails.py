@@ -3,20 +3,33 @@
 An untrusted source goes through the same safe decoder as the embed job (format
 allow-list, byte and pixel caps, EXIF orientation), then is shrunk and re-encoded as
 JPEG, so a browser never parses the original file.
+
+A row's ``source`` is whatever its manifest said, so it may point at anything the serving
+process can read (another tenant's file, ``/etc``, a swapped file): a thumbnail is drawn
+only from bytes whose keyed content hash is the row's, and every failure to get such bytes
+is one error with one message, so a caller learns nothing about what is at a path.
 """
 
 from __future__ import annotations
 
+import hmac
 import io
+import logging
 import threading
 from collections import OrderedDict
-from typing import Optional
+from typing import Callable, Optional
 
 from pixlake.platform.errors import SourceError
-from pixlake.platform.images import DecodeLimits, Rejection, decode_image
+from pixlake.platform.images import DecodeLimits, Rejection, content_hash as plain_content_hash, decode_image
+from pixlake.platform.source_files import SourceReader, SourceUnavailable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIDE = 256  # a results grid cell on a high-density screen
 MIN_SIDE, MAX_SIDE = 16, 1024
+# The one message of every source that yields no bytes of the row's content: missing,
+# a directory, unreadable, over the cap, or holding other bytes.
+NO_SOURCE = "the item's source image cannot be read"
 
 
 class ThumbnailError(SourceError):
@@ -111,23 +124,40 @@ class Thumbnailer:
     """
 
     def __init__(self, limits: DecodeLimits, cache_bytes: int = 64 * 1024 * 1024):
-        from pixlake.platform.source_files import SourceReader
-
         self.limits = limits
         self.reader = SourceReader(limits.max_bytes)
         self.cache = ThumbnailCache(cache_bytes)
 
-    def draw(self, source: str, content_hash: str, side: int = DEFAULT_SIDE) -> bytes:
-        """The JPEG thumbnail of the image at ``source`` (cached by content hash and side).
+    def draw(self, source: str, content_hash: str, side: int, keyed: Callable[[str], str]) -> bytes:
+        """The JPEG thumbnail of a row's image (cached by content hash and side), drawn only
+        from bytes at ``source`` whose keyed content hash is the row's ``content_hash``.
+
+        Args:
+            source: the row's (opened) source.
+            content_hash: the row's keyed content hash.
+            side: the thumbnail's longest edge.
+            keyed: the row's tenant's keyed hash of a plain SHA-256 hex digest
+                (:func:`~pixlake.platform.governance.cipher.keyed_content_hash` under its identity key).
 
         Raises:
-            SourceUnavailable: nothing to read at ``source``.
-            SourceTooLarge, ThumbnailError: the source is over the caps or not a readable image.
-            OSError, ValueError: the filesystem could not read it.
+            SourceUnavailable: no bytes of the row's content at ``source`` (always :data:`NO_SOURCE`).
+            ThumbnailError: they are the row's, but the decoder refuses them.
         """
         key = (content_hash, side)
         thumb = self.cache.get(key)
         if thumb is None:
-            thumb = make_thumbnail(self.reader.read_source(source), side, self.limits)
+            thumb = make_thumbnail(self._content(source, content_hash, keyed), side, self.limits)
             self.cache.put(key, thumb)
         return thumb
+
+    def _content(self, source: str, content_hash: str, keyed: Callable[[str], str]) -> bytes:
+        """The bytes at ``source`` when they are the row's content."""
+        try:
+            data = self.reader.read_source(source)
+        except (SourceError, OSError, ValueError) as e:
+            log.debug("thumbnail source unreadable: %s", e)  # the cause stays in the server's log
+            raise SourceUnavailable(NO_SOURCE) from None
+        if not hmac.compare_digest(keyed(plain_content_hash(data)), content_hash):
+            log.debug("thumbnail source holds other bytes than the row's")
+            raise SourceUnavailable(NO_SOURCE)
+        return data

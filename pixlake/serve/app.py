@@ -280,8 +280,14 @@ class Ingress:
                    "X-Content-Type-Options": "nosniff"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
+        loop = asyncio.get_running_loop()
+
+        def keyed(digest: str) -> str:  # on the draw's thread: the row's bytes or a 404 (Thumbnailer.draw)
+            return asyncio.run_coroutine_threadsafe(
+                self._call(self.searcher.keyed_content_hash, principal.tenant, digest), loop).result()
+
         try:
-            data = await asyncio.to_thread(self.thumbnails.draw, item["source"], item["content_hash"], size)
+            data = await asyncio.to_thread(self.thumbnails.draw, item["source"], item["content_hash"], size, keyed)
         except SourceUnavailable as e:
             raise ApiError(404, "source_unavailable", f"no source image to preview: {e}") from e
         except (SourceTooLarge, ThumbnailError) as e:

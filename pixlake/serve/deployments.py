@@ -80,6 +80,14 @@ class Searcher:
         row = self.collection.item(tenant, item_id)
         return None if row is None else {"source": row["source"], "content_hash": row["content_hash"]}
 
+    def keyed_content_hash(self, tenant: str, digest: str) -> str:
+        """The tenant's keyed hash of a plain SHA-256 hex ``digest`` (what a row's
+        ``content_hash`` is): the ingress checks a thumbnail's bytes are the row's while the
+        tenant's identity key stays in this process."""
+        from pixlake.platform.governance.cipher import keyed_content_hash
+
+        return keyed_content_hash(self.collection.governance.identity_key(tenant), digest)
+
     def start_erasure(self, tenant: str, subject: str) -> str:
         """Start (or resume) the erasure of a raw subject id; it runs on a thread here,
         the process that owns the store. Returns the erasure id."""

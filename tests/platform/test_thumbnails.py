@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+from functools import partial
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
+from pixlake.platform.governance.cipher import keyed_content_hash
+from pixlake.platform.governance.service import Governance
 from pixlake.platform.images import DecodeLimits
-from pixlake.platform.source_files import SourceReader, SourceTooLarge, SourceUnavailable
-from pixlake.platform.thumbnails import ThumbnailCache, Thumbnailer, ThumbnailError, make_thumbnail
+from pixlake.platform.pipeline.load import LoadItems
+from pixlake.platform.pipeline.sources import ITEM_SCHEMA
+from pixlake.platform.settings import GovernanceSettings
+from pixlake.platform.source_files import (
+    SourceReader,
+    SourceRefused,
+    SourceTooLarge,
+    SourceUnavailable,
+    read_capped,
+    split_location,
+)
+from pixlake.platform.thumbnails import NO_SOURCE, ThumbnailCache, Thumbnailer, ThumbnailError, make_thumbnail
 
 
 def _png(size=(300, 150), colour=(200, 30, 30)) -> bytes:
@@ -63,15 +78,116 @@ def test_reader_reads_webdataset_members(tmp_path):
         reader.read_source(f"{tmp_path / 'other.tar'}#s/0001")
 
 
-def test_thumbnailer_caches_by_content_hash_and_side(tmp_path):
+@pytest.fixture
+def acme(tmp_path):
+    """(keyed, row_hash): the tenant's keyed hash of a plain digest (what the Searcher answers the
+    ingress), and the content hash the embed job's load stage gives a row of some bytes."""
+    governance = Governance(tmp_path / "governance", GovernanceSettings())
+    load = LoadItems("acme", 10**7, governance)
+    base = {"source": "x", "path": "", "subject": "", "tenant": "", "meta": "{}"}
+
+    def row_hash(data: bytes) -> str:
+        return load(pa.Table.from_pylist([{**base, "image": data}], schema=ITEM_SCHEMA)).to_pylist()[0]["content_hash"]
+
+    yield partial(keyed_content_hash, governance.identity_key("acme")), row_hash
+    governance.close()
+
+
+def test_thumbnailer_caches_by_content_hash_and_side(tmp_path, acme):
+    keyed, row_hash = acme
     path = tmp_path / "a.png"
     path.write_bytes(_png())
     thumbs = Thumbnailer(DecodeLimits())
-    first = thumbs.draw(str(path), "h1", 64)
+    first = thumbs.draw(str(path), row_hash(_png()), 64, keyed)
     path.unlink()  # served from the cache from now on
-    assert thumbs.draw(str(path), "h1", 64) == first and thumbs.cache.hits == 1
+    assert thumbs.draw(str(path), row_hash(_png()), 64, keyed) == first and thumbs.cache.hits == 1
     with pytest.raises(SourceUnavailable):
-        thumbs.draw(str(path), "h1", 32)  # another side is another entry
+        thumbs.draw(str(path), row_hash(_png()), 32, keyed)  # another side is another entry
+
+
+def test_thumbnail_is_drawn_only_from_the_rows_own_bytes(tmp_path, acme):
+    """A row's source may name any file the server can read (a manifest wrote it): only bytes
+    with the row's keyed content hash are drawn."""
+    keyed, row_hash = acme
+    mine, theirs = tmp_path / "mine.png", tmp_path / "theirs.png"
+    mine.write_bytes(_png(colour=(200, 30, 30)))
+    theirs.write_bytes(_png(colour=(30, 200, 30)))
+    row = row_hash(mine.read_bytes())
+    thumbs = Thumbnailer(DecodeLimits())
+    assert Image.open(io.BytesIO(thumbs.draw(str(mine), row, 64, keyed))).size == (64, 32)
+    with pytest.raises(SourceUnavailable) as pointed:
+        thumbs.draw(str(theirs), row, 128, keyed)  # the row points at another file
+    mine.write_bytes(theirs.read_bytes())
+    with pytest.raises(SourceUnavailable) as swapped:
+        thumbs.draw(str(mine), row, 128, keyed)  # the file was replaced since it was embedded
+    assert str(pointed.value) == str(swapped.value) == NO_SOURCE
+    with pytest.raises(SourceUnavailable):  # another tenant's key gives another hash of the same bytes
+        thumbs.draw(str(theirs), row_hash(theirs.read_bytes()), 128, partial(keyed_content_hash, b"globex"))
+
+
+def test_thumbnail_errors_say_nothing_about_what_is_at_a_path(tmp_path, acme):
+    keyed, row_hash = acme
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "big.png").write_bytes(os.urandom(30_000))  # over the cap
+    (tmp_path / "other.png").write_bytes(_png(colour=(1, 2, 3)))
+    os.mkfifo(tmp_path / "pipe.png")
+    row = row_hash(_png())  # the row's own image exists nowhere below
+    sources = [tmp_path / "gone.png", tmp_path / "dir", tmp_path / "big.png", tmp_path / "other.png",
+               tmp_path / "pipe.png", "/dev/zero", "/proc/self/environ", "/etc/hostname/x", "content:abc",
+               f"{tmp_path / 'other.tar'}#k", "s3://bucket/a.png?endpoint_override=127.0.0.1:9"]
+    thumbs = Thumbnailer(DecodeLimits(max_bytes=20_000))
+    messages = set()
+    for source in sources:
+        with pytest.raises(SourceUnavailable) as e:
+            thumbs.draw(str(source), row, 64, keyed)
+        messages.add(str(e.value))
+    assert messages == {NO_SOURCE}
+
+
+def test_reader_refuses_devices_and_fifos_unread_and_caps_what_claims_no_size(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")  # opening it for a plain read would wait for a writer forever
+    reader = SourceReader(max_bytes=64)
+    for path in ("/dev/zero", str(tmp_path / "pipe.png"), str(tmp_path)):
+        with pytest.raises(SourceUnavailable, match="not a regular file"):
+            reader.read(path)
+    with pytest.raises(SourceTooLarge, match="too_large"):
+        reader.read("/proc/self/status")  # a regular file that claims 0 bytes
+
+
+def test_capped_read_of_dev_zero_stops_one_byte_past_the_cap():
+    class Counting:
+        def __init__(self, f):
+            self.f, self.read_bytes = f, 0
+
+        def read(self, n):
+            chunk = self.f.read(n)
+            self.read_bytes += len(chunk)
+            return chunk
+
+    with open("/dev/zero", "rb", buffering=0) as zero:
+        counting = Counting(zero)
+        with pytest.raises(SourceTooLarge, match="too_large"):
+            read_capped(counting, 3_000_000)
+    assert counting.read_bytes == 3_000_001
+    assert read_capped(io.BytesIO(b"x" * 10), 10) == b"x" * 10
+
+
+def test_object_store_uris_carry_no_connection_options():
+    reader = SourceReader(max_bytes=1000)
+    for uri in ("s3://bucket/a.png?endpoint_override=127.0.0.1:9&scheme=http", "gs://bucket/a.png?scheme=http",
+                "s3://bucket/a.png?", "s3://AKIA:secret@bucket/a.png", "hdfs://host:8020/a.png?user=root"):
+        with pytest.raises(SourceRefused, match="refused: .* carry no query string or credentials"):
+            reader.read(uri)
+    assert reader._filesystems == {}  # nothing was configured from them, so nothing later reuses it
+    # A filesystem is built from, and cached under, exactly scheme://authority.
+    assert split_location("s3://bucket/dir/a.png") == ("s3", "bucket", "bucket/dir/a.png")
+    with pytest.raises(SourceUnavailable):
+        reader.read("mock://x/a.png")
+    assert list(reader._filesystems) == ["mock://x"]
+    # Local paths may hold any character: only URIs with a scheme are object stores.
+    assert split_location("/data/a?b@c.png") == ("", "", "/data/a?b@c.png")
+    assert split_location("/data/x://y.png") == ("", "", "/data/x://y.png")
+    assert split_location("file:///data/a?b.png") == ("", "", "/data/a?b.png")
 
 
 def test_cache_evicts_the_least_recently_used_past_its_byte_bound():
