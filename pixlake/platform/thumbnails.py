@@ -30,6 +30,16 @@ MIN_SIDE, MAX_SIDE = 16, 1024
 # The one message of every source that yields no bytes of the row's content: missing,
 # a directory, unreadable, over the cap, or holding other bytes.
 NO_SOURCE = "the item's source image cannot be read"
+# Thumbnails are drawn only at these sides (a request rounds up), so one item costs at most
+# len(SIDES) draws and cache entries, however many sizes a client asks for.
+SIDES = (64, 128, 256, 512, 1024)
+
+
+def ladder_side(side: int) -> int:
+    """The smallest side of :data:`SIDES` at least ``side`` (``MIN_SIDE..MAX_SIDE``)."""
+    if not MIN_SIDE <= side <= MAX_SIDE:
+        raise ValueError(f"thumbnail side {side} outside {MIN_SIDE}..{MAX_SIDE}")
+    return next(s for s in SIDES if s >= side)
 
 
 class ThumbnailError(SourceError):
@@ -106,6 +116,19 @@ class ThumbnailCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
 
+    def __contains__(self, key: tuple) -> bool:
+        """Whether ``key`` is held (no hit or miss is counted)."""
+        with self._lock:
+            return key in self._entries
+
+    def clear(self) -> int:
+        """Drop every entry (an erasure: the cache does not know whose an entry is); returns how many."""
+        with self._lock:
+            dropped = len(self._entries)
+            self._entries.clear()
+            self._bytes = 0
+            return dropped
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -127,6 +150,10 @@ class Thumbnailer:
         self.limits = limits
         self.reader = SourceReader(limits.max_bytes)
         self.cache = ThumbnailCache(cache_bytes)
+
+    def cached(self, content_hash: str, side: int) -> bool:
+        """Whether the thumbnail of this content at ``side`` is held (drawing it costs nothing)."""
+        return (content_hash, side) in self.cache
 
     def draw(self, source: str, content_hash: str, side: int, keyed: Callable[[str], str]) -> bytes:
         """The JPEG thumbnail of a row's image (cached by content hash and side), drawn only

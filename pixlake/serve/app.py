@@ -25,11 +25,14 @@ from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform.query import combine
 from pixlake.platform.source_files import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
-from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, Thumbnailer, ThumbnailError
+from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, SIDES, Thumbnailer, ThumbnailError, ladder_side
+from pixlake.serve import guard
 from pixlake.serve.auth import KeyStore, RateLimiter, ServeError
 from pixlake.serve.config import ServeSettings
-from pixlake.serve.deployments import QueryEncoder, Searcher
+from pixlake.serve.deployments import ERASURE_POLL_S, QueryEncoder, Searcher
+from pixlake.serve.guard import GuardConfig, RequestGuard, principal_of
 from pixlake.serve.metrics import Metrics
+from pixlake.serve.offload import DecodeGate
 from pixlake.serve.page import router as page_router
 from pixlake.serve.schemas import (
     CollectionInfo,
@@ -54,8 +57,10 @@ _REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large"
 # How long a read waits for Serve to replace a dead encoder or searcher replica (a model
 # load takes seconds) before the client gets a 503 with Retry-After.
 REPLICA_RETRY_S = 30.0
-# A results page fetches one thumbnail per hit: each takes a tenth of a search's rate-limit token.
-THUMBNAIL_COST = 0.1
+# A results page fetches one thumbnail per hit: each lookup takes a tenth of a search's
+# rate-limit token, and drawing one that is not cached (a decode, like a search's work)
+# takes a whole token more.
+THUMBNAIL_COST, THUMBNAIL_DRAW_COST = 0.1, 1.0
 
 
 class ApiError(Exception):
@@ -79,7 +84,8 @@ async def _api_error(_: Request, e: ApiError) -> JSONResponse:
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
     # FastAPI's own errors (unparseable body, unknown path, wrong method) get our error body too.
-    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+    code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+            413: "payload_too_large"}.get(e.status_code, "http_error")
     return _error(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
 
 
@@ -92,15 +98,19 @@ async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
     return _error(422, "invalid_request", f"{field}: {first.get('msg', 'invalid')}", detail=detail)
 
 
-# One ingress replica per process. Ray Serve does not run FastAPI's @app.middleware
-# (checked with Ray 2.60), so request metrics and the body cap are applied by the
-# `observed` decorator on each route, and by the validation-error handler.
+# One ingress replica per process. Authentication, scope, rate limit and the body cap run
+# in the ASGI guard before FastAPI reads or validates a body (pixlake.serve.guard); route
+# metrics are recorded by the `observed` decorator on each route, by the validation-error
+# handler, and by the guard for what it refuses.
 _metrics = Metrics()
-_process = {"max_body_bytes": 16 * 1024 * 1024}
+api.add_middleware(RequestGuard)  # before @serve.ingress freezes the app
 
 
-def observed(route: str):
-    """Route decorator: enforce the body cap and record status and latency in metrics."""
+def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
+    """Route decorator: record status and latency in metrics; with ``scope``, declare that
+    the guard must authenticate a key holding it and charge ``cost`` rate-limit tokens."""
+    if scope is not None:
+        guard.require(route, scope, cost)
 
     def wrap(handler):
         @functools.wraps(handler)
@@ -108,14 +118,14 @@ def observed(route: str):
             started, status = time.perf_counter(), 500
             request = kwargs.get("request")
             try:
-                length = request.headers.get("content-length") if request is not None else None
-                if length is not None and (not length.isdigit() or int(length) > _process["max_body_bytes"]):
-                    raise ApiError(413, "payload_too_large", f"body over the {_process['max_body_bytes']}-byte cap")
                 result = await handler(*args, **kwargs)
                 status = getattr(result, "status_code", 200)
                 return result
             except ApiError as e:
                 status = e.status
+                raise
+            except StarletteHTTPException as e:  # the body passed the cap while streaming in
+                status = e.status_code
                 raise
             finally:
                 _metrics.observe_request(route, request.method if request is not None else "GET", status,
@@ -136,11 +146,13 @@ class Ingress:
         self.settings = ServeSettings(**settings)
         self.keys = KeyStore(self.settings.api_keys())
         self.limiter = RateLimiter(self.settings.rate_per_s, self.settings.rate_burst)
-        _process["max_body_bytes"] = self.settings.max_body_bytes
+        RequestGuard.config = GuardConfig(self.keys, self.limiter, self.settings.max_body_bytes, _metrics.observe_request)
         self.limits = DecodeLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
         self.thumbnails = Thumbnailer(self.settings.platform_settings().job.decode)
+        self.decodes = DecodeGate(self.settings.max_concurrent_decodes)  # query images and thumbnail draws
         _metrics.watch_thumbnail_cache(self.thumbnails.cache)  # hit rate: is 64 MiB per replica enough?
         self._info = None  # model info, fetched from the encoder on first use
+        self._erasure_poll = asyncio.get_running_loop().create_task(self._evict_erased())
         self._pil = None
 
     # --- plumbing -------------------------------------------------------------------------
@@ -163,23 +175,36 @@ class Ingress:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
+    async def _evict_erased(self) -> None:
+        """Drop this replica's thumbnail cache whenever a subject is erased, through any
+        replica: the cache is keyed by content, not subject, so all of it goes."""
+        cursor = None
+        while True:
+            try:
+                latest, tenants = await self.searcher.erasures_since.remote(cursor or 0)
+                if cursor is not None and tenants:
+                    dropped = self.thumbnails.cache.clear()
+                    log.info("erasure in %s: dropped %d cached thumbnails", ",".join(tenants), dropped)
+                cursor = latest
+            except Exception:  # the searcher may be restarting: poll again at the next tick
+                log.warning("erasure poll failed", exc_info=True)
+            await asyncio.sleep(ERASURE_POLL_S)
+
     async def _model(self) -> dict:
         if self._info is None:
             self._info = await self._call(self.encoder.info)
             self._pil = self._info["preprocess"].pil_transform()
         return self._info
 
-    def _principal(self, request: Request, scope: str, cost: float = 1.0):
+    def _charge(self, principal, cost: float) -> None:
+        """Charge rate-limit tokens beyond the route's own (work decided by the request)."""
         try:
-            principal = self.keys.authenticate(request.headers.get("authorization"))
-            principal.require(scope)
             self.limiter.check(principal.key_name, cost)
         except ServeError as e:
-            code = {401: "unauthorized", 403: "forbidden", 429: "rate_limited"}[e.status_code]
-            raise ApiError(e.status_code, code, e.message, e.headers) from e
-        return principal
+            raise ApiError(e.status_code, "rate_limited", e.message, e.headers) from e
 
     def _decode(self, data: bytes) -> np.ndarray:
+        """Decode and prepare one query image (on a gate thread, never on the event loop)."""
         image = decode_image(data, self.limits)  # applies the byte cap too (too_large → 413)
         if isinstance(image, Rejection):
             code = image.reason.split(":", 1)[0]
@@ -201,7 +226,8 @@ class Ingress:
         if text is not None:
             vectors.append(await self._call(self.encoder.embed_text, text))
         if image is not None:
-            vectors.append(await self._call(self.encoder.embed_pixels, self._decode(image)))
+            pixels = await self.decodes.run(self._decode, image)
+            vectors.append(await self._call(self.encoder.embed_pixels, pixels))
         return vectors
 
     async def _search(self, principal, vector: np.ndarray, k: int, filter: Optional[dict], collection: Optional[str]) -> list[dict]:
@@ -221,11 +247,11 @@ class Ingress:
     # --- routes ----------------------------------------------------------------------------
 
     @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
-    @observed("/v1/search")
+    @observed("/v1/search", "search")
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
         """Text→image, image→image, or weighted text+image search in the key's tenant."""
         started = time.perf_counter()
-        principal = self._principal(request, "search")
+        principal = principal_of(request.scope)
         image = self._b64("image", body.image) if body.image is not None else None
         vectors = await self._embed(body.text, image)
         weights = [body.weights.text, body.weights.image] if body.weights and len(vectors) == 2 else [1.0] * len(vectors)
@@ -233,30 +259,28 @@ class Ingress:
         return self._respond(await self._search(principal, vector, body.k, body.filter, body.collection), started)
 
     @api.post("/v1/search/image", response_model=SearchResponse, responses=_ERRORS)
-    @observed("/v1/search/image")
+    @observed("/v1/search/image", "search")
     async def search_image(self, request: Request, file: UploadFile = File(...), k: int = Form(10, ge=1, le=1000)) -> SearchResponse:
         """Image→image search with a multipart file upload."""
         started = time.perf_counter()
-        principal = self._principal(request, "search")
+        principal = principal_of(request.scope)
         data = await file.read(self.limits.max_bytes + 1)
         vectors = await self._embed(None, data)
         return self._respond(await self._search(principal, vectors[0], k, None, None), started)
 
     @api.post("/v1/embed", response_model=EmbedResponse, responses=_ERRORS)
-    @observed("/v1/embed")
+    @observed("/v1/embed", "embed")
     async def embed(self, body: EmbedRequest, request: Request) -> EmbedResponse:
         """The plaintext embedding of one text or image."""
-        self._principal(request, "embed")
         image = self._b64("image", body.image) if body.image is not None else None
         vector = (await self._embed(body.text, image))[0]
         return EmbedResponse(vector=[float(x) for x in vector], model=self._info["fingerprint"])
 
     @api.get("/v1/collections", response_model=CollectionsResponse, responses=_ERRORS)
-    @observed("/v1/collections")
+    @observed("/v1/collections", "search")
     async def collections(self, request: Request) -> CollectionsResponse:
         """Served collections with row counts, encoder fingerprint and index type."""
-        self._principal(request, "search")
-        d = await self._call(self.searcher.describe)
+        d = await self._call(self.searcher.describe, principal_of(request.scope).tenant)
         return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], version=d["version"], rows=d["rows"],
                                                                model=d["model"],
                                                                index_type=d["index_type"], encryption=d["encryption"])])
@@ -264,22 +288,27 @@ class Ingress:
     @api.get("/v1/items/{item_id}/thumbnail", response_class=Response, responses={
         **_ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG, longest edge `size` pixels"},
         304: {"description": "unchanged since the ETag sent in If-None-Match"}, 502: {"model": ErrorBody}})
-    @observed("/v1/items/{id}/thumbnail")
+    @observed("/v1/items/{id}/thumbnail", "search", THUMBNAIL_COST)
     async def thumbnail(self, item_id: str, request: Request,
-                        size: int = Query(DEFAULT_SIDE, ge=MIN_SIDE, le=MAX_SIDE, description="longest edge, pixels")) -> Response:
+                        size: int = Query(DEFAULT_SIDE, ge=MIN_SIDE, le=MAX_SIDE,
+                                          description=f"longest edge, pixels; drawn at the next of {list(SIDES)}")) -> Response:
         """A JPEG preview of one of the key's tenant's items, drawn from its source (scope ``search``).
 
         The row is looked up in the key's tenant on every request, cached or not, so another
         tenant's item, or one whose subject is being erased, is a 404. Browsers revalidate
-        (``no-cache`` with an ETag), so an erased item stops showing at once."""
-        principal = self._principal(request, "search", THUMBNAIL_COST)
+        (``no-cache`` with an ETag), so an erased item stops showing at once. Sizes round up
+        to a fixed ladder, and a draw (not a cached answer) costs a search's rate-limit token."""
+        principal = principal_of(request.scope)
+        side = ladder_side(size)
         item = await self._call(self.searcher.item, principal.tenant, item_id)
         if item is None:
             raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
-        headers = {"ETag": f'"{item["content_hash"][:32]}-{size}"', "Cache-Control": "private, no-cache",
+        headers = {"ETag": f'"{item["content_hash"][:32]}-{side}"', "Cache-Control": "private, no-cache",
                    "X-Content-Type-Options": "nosniff"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
+        if not self.thumbnails.cached(item["content_hash"], side):
+            self._charge(principal, THUMBNAIL_DRAW_COST)
         loop = asyncio.get_running_loop()
 
         def keyed(digest: str) -> str:  # on the draw's thread: the row's bytes or a 404 (Thumbnailer.draw)
@@ -287,7 +316,7 @@ class Ingress:
                 self._call(self.searcher.keyed_content_hash, principal.tenant, digest), loop).result()
 
         try:
-            data = await asyncio.to_thread(self.thumbnails.draw, item["source"], item["content_hash"], size, keyed)
+            data = await self.decodes.run(self.thumbnails.draw, item["source"], item["content_hash"], side, keyed)
         except SourceUnavailable as e:
             raise ApiError(404, "source_unavailable", f"no source image to preview: {e}") from e
         except (SourceTooLarge, ThumbnailError) as e:
@@ -297,18 +326,18 @@ class Ingress:
         return Response(data, media_type="image/jpeg", headers=headers)
 
     @api.post("/v1/erasures", status_code=202, response_model=ErasureAccepted, responses=_ERRORS)
-    @observed("/v1/erasures")
+    @observed("/v1/erasures", "erase")
     async def erase(self, body: ErasureRequest, request: Request) -> ErasureAccepted:
         """Erase a data subject of the key's tenant everywhere (runs in the background; poll the receipt)."""
-        principal = self._principal(request, "erase")
+        principal = principal_of(request.scope)
         erasure_id = await self.searcher.start_erasure.remote(principal.tenant, body.subject)
         return ErasureAccepted(erasure_id=erasure_id, status="accepted")
 
     @api.get("/v1/erasures/{erasure_id}", response_model=ErasureReceipt, responses=_ERRORS)
-    @observed("/v1/erasures/{id}")
+    @observed("/v1/erasures/{id}", "erase")
     async def erasure(self, erasure_id: str, request: Request) -> ErasureReceipt:
         """The receipt of an erasure of the key's tenant."""
-        principal = self._principal(request, "erase")
+        principal = principal_of(request.scope)
         receipt = await self.searcher.erasure_receipt.remote(principal.tenant, erasure_id)
         if receipt is None:
             raise ApiError(404, "not_found", f"no erasure {erasure_id} in this tenant")

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pixlake.platform.settings import GovernanceSettings, Settings, load_settings
-from pixlake.serve.auth import ApiKeyRecord, keys_from_env
+from pixlake.serve.auth import ApiKeyRecord, AuthConfigError, hash_key, keys_from_env
+
+# Keys published as examples (serve.yaml and deploy/rayservice.yaml ship the hash of the first):
+# anyone can read them, so a server holding one is refused, not started.
+PLACEHOLDER_KEYS = ("change-me",)
+_PLACEHOLDER_HASHES = {hash_key(k): k for k in PLACEHOLDER_KEYS}
+
+
+def refuse_placeholder_keys(records: list[ApiKeyRecord]) -> list[ApiKeyRecord]:
+    """Return ``records`` unless one is a published placeholder key.
+
+    Raises:
+        AuthConfigError: names the entry (hash prefix and tenant) and how to make a real key.
+    """
+    for r in records:
+        if r.key_hash in _PLACEHOLDER_HASHES:
+            raise AuthConfigError(
+                f"API key {r.name} (tenant {r.tenant}) is the published placeholder "
+                f"{_PLACEHOLDER_HASHES[r.key_hash]!r}, which anyone can use; configure the sha256 of "
+                "your own key instead (printf %s \"$KEY\" | sha256sum)")
+    return records
 
 
 class ServeSettings(BaseModel):
@@ -23,6 +43,8 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0, description="request body cap (413 above)")
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, description="encoded image cap (413 above)")
     max_image_pixels: int = Field(50_000_000, gt=0, description="decoded pixel cap (413 above)")
+    max_concurrent_decodes: int = Field(4, ge=1, le=256, description="image decodes and thumbnail draws running at "
+                                        "once per ingress replica, off its event loop (more wait their turn)")
     rate_per_s: float = Field(50.0, gt=0, description="requests per second per key (429 above)")
     rate_burst: int = Field(100, gt=0, description="burst allowance per key")
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings, description="keys, encryption, re-rank")
@@ -30,6 +52,14 @@ class ServeSettings(BaseModel):
         "bounded", description="bounded: a row embedded in the last few seconds may not be found yet, and a "
                                "Milvus server answers without its wait (~400 ms here) for strong consistency; erased "
                                "subjects are never returned either way (deny-list)")
+
+    @field_validator("keys")
+    @classmethod
+    def _no_placeholder(cls, v: list[ApiKeyRecord]) -> list[ApiKeyRecord]:
+        try:
+            return refuse_placeholder_keys(v)
+        except AuthConfigError as e:
+            raise ValueError(str(e)) from None
 
     def platform_settings(self) -> Settings:
         """The platform settings of the served store (for the query path)."""
@@ -39,5 +69,9 @@ class ServeSettings(BaseModel):
                                         "governance": self.governance.model_dump(exclude_unset=True)})
 
     def api_keys(self) -> list[ApiKeyRecord]:
-        """Keys from the config plus those in ``PIXLAKE_API_KEYS`` (quick starts and tests)."""
-        return [*self.keys, *keys_from_env()]
+        """Keys from the config plus those in ``PIXLAKE_API_KEYS`` (quick starts and tests).
+
+        Raises:
+            AuthConfigError: a malformed ``PIXLAKE_API_KEYS`` or a published placeholder key in it.
+        """
+        return [*self.keys, *refuse_placeholder_keys(keys_from_env())]

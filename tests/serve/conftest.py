@@ -12,6 +12,7 @@ from tests.conftest import TINY, TINY_BETA, tiny_settings
 
 KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
 LOAD_KEYS = [f"kl{i}" for i in range(6)]  # test_replica_faults.py's steady load: its own rate-limit buckets
+KEYS += ",kt:acme:search"  # test_request_guard.py's thumbnail-cost test: its own rate-limit bucket
 KEYS += "".join(f",{k}:{'acme' if i % 2 else 'globex'}:search" for i, k in enumerate(LOAD_KEYS))
 ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
 
@@ -50,5 +51,8 @@ def served(ray_session, tmp_path_factory):
         governance={"beta": TINY_BETA},
     )
     url = run.start(settings, "127.0.0.1", _free_port())
-    yield {"url": url, "images": images, "tenants": tenants, "initech": extra}
+    from pixlake.platform.governance.service import governance_dir
+
+    yield {"url": url, "images": images, "tenants": tenants, "initech": extra,
+           "governance_dir": governance_dir(settings.platform_settings())}
     run.stop()

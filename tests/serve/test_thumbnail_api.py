@@ -37,16 +37,16 @@ def test_thumbnail_is_a_small_jpeg_of_the_source(served):
     top = _hits(served, path)[0]
     before = _cache_lookups(served)
     assert top["source"].endswith(path.name)
-    resp = _thumb(served, top["id"], size=32)
+    resp = _thumb(served, top["id"], size=64)
     assert resp.status_code == 200, resp.text
     assert resp.headers["content-type"] == "image/jpeg" and "no-cache" in resp.headers["cache-control"]
     thumb = Image.open(io.BytesIO(resp.content))
-    assert thumb.format == "JPEG" and max(thumb.size) == 32
+    assert thumb.format == "JPEG" and max(thumb.size) == 64
     source = Image.open(path).convert("RGB").resize(thumb.size, Image.Resampling.LANCZOS)
     diff = sum(abs(a - b) for a, b in zip(source.tobytes(), thumb.convert("RGB").tobytes())) / len(source.tobytes())
     assert diff < 12, f"the thumbnail does not look like its source (mean abs diff {diff:.1f})"
     # unchanged: the ETag revalidates to a 304 with no body
-    again = _thumb(served, top["id"], headers={**A, "If-None-Match": resp.headers["etag"]}, size=32)
+    again = _thumb(served, top["id"], headers={**A, "If-None-Match": resp.headers["etag"]}, size=64)
     assert again.status_code == 304 and again.content == b""
     assert _thumb(served, top["id"], headers={**A, "If-None-Match": '"other"'}, size=32).status_code == 200
     # two draws (a 304 draws nothing), the second from the replica's cache: /metrics says so
