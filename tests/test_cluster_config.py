@@ -8,8 +8,13 @@ provider-specific steps of `ray up` need AWS credentials and are not run.
 """
 
 import copy
+import ipaddress
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -101,6 +106,71 @@ def test_cluster_yaml_is_valid_and_sized_for_pixlake():
 
     assert any("--head" in c and "--port=6379" in c for c in config["head_start_ray_commands"])
     assert any("$RAY_HEAD_IP:6379" in c for c in config["worker_start_ray_commands"])
+
+
+def ray_start(commands: list) -> tuple[dict, list]:
+    """The environment a node's `ray start` runs with (``export`` / ``VAR=`` before it on its
+    line) and its arguments."""
+    (line,) = [c for c in commands if "ray start" in c]
+    env = {}
+    for part in line.split(";"):
+        words = shlex.split(part)
+        if words[:2] == ["ray", "start"]:
+            return env, words[2:]
+        for w in words[1:] if words[:1] == ["export"] else words:
+            if "=" in w:
+                env.update([w.split("=", 1)])
+    raise AssertionError(line)
+
+
+# What `ray start` runs before starting a node (ray/scripts/scripts.py, Ray 2.60): a head
+# first turns token auth on if RAY_AUTH_MODE is unset and a token exists; head and worker
+# then require a token if the mode is token (never creating one). Prints the mode it ends in.
+RAY_START_AUTH = """
+import sys
+from ray._private.authentication.authentication_token_setup import (
+    ensure_token_if_auth_enabled, maybe_enable_token_auth_if_token_available)
+from ray._raylet import AuthenticationMode, get_authentication_mode
+if sys.argv[1] == "head":
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+print(get_authentication_mode() == AuthenticationMode.TOKEN and "token" or "disabled")
+"""
+
+
+def auth_mode_of_ray_start(node: str, env: dict, home: Path) -> str:
+    """The auth mode `ray start` would give a ``node`` ("head"/"worker") with ``env`` and ``home``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    done = subprocess.run([sys.executable, "-c", RAY_START_AUTH, node], env={**clean, **env, "HOME": str(home)},
+                          capture_output=True, text=True, timeout=120)
+    return done.stdout.strip() if done.returncode == 0 else f"refused: {done.stderr.strip().splitlines()[-1]}"
+
+
+def test_every_node_starts_ray_with_token_auth_and_the_synced_token(tmp_path):
+    config = load_config()
+    # The token of the machine that runs `ray up` reaches every node at Ray's default path.
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    node_home = tmp_path / "node"
+    (node_home / ".ray").mkdir(parents=True)
+    (node_home / ".ray" / "auth_token").write_text("t" * 32)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for node, key in (("head", "head_start_ray_commands"), ("worker", "worker_start_ray_commands")):
+        env, _ = ray_start(config[key])
+        assert env.get("RAY_AUTH_MODE") == "token", key
+        assert auth_mode_of_ray_start(node, env, node_home) == "token", key
+        # Without the synced token Ray refuses to start the node rather than run it open.
+        assert auth_mode_of_ray_start(node, env, bare).startswith("refused"), key
+    # Why the mode is set explicitly: Ray 2.60's `ray start` without it and without a token
+    # runs the cluster with authentication off.
+    assert auth_mode_of_ray_start("head", {}, bare) == "disabled"
+
+
+def test_dashboard_and_job_api_listen_on_the_heads_loopback_only():
+    _, args = ray_start(load_config()["head_start_ray_commands"])
+    hosts = [a.split("=", 1)[1] for a in args if a.startswith("--dashboard-host=")]
+    # Ray's default is loopback too; written out so that nobody widens it unnoticed.
+    assert len(hosts) == 1 and ipaddress.ip_address(hosts[0]).is_loopback, args
 
 
 def _unknown_top_level_key(c):

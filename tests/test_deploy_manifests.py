@@ -4,9 +4,11 @@ Every YAML file (and the YAML in deploy/README.md) is parsed, then the fields pi
 on are checked, one concern per test: the Ray version and image everywhere, the job's
 entrypoint against pixlake's own argument parser, the Serve config against Ray's
 ``ServeDeploySchema`` and pixlake's ``ServeSettings`` and in step with serve.yaml, GPU
-requests, replica bounds, the master key only from a Secret, the key volume on every pod that
-runs governance, the Milvus Service the store URI names. Nothing here talks to a cluster:
-no CRD schema validation, Helm render or image build happens (none is available).
+requests, replica bounds, the master key only from a Secret and only on pods that run
+governance, the key volume on those pods, Ray token authentication and a dashboard reachable
+only inside the cluster, no usable default API key, the Milvus Service the store URI names.
+Nothing here talks to a cluster: no CRD schema validation, Helm render or image build happens
+(none is available).
 """
 
 from __future__ import annotations
@@ -132,10 +134,17 @@ def app_of(serve_config: dict) -> dict:
 
 
 def key_volume_claim(doc: dict) -> str:
-    """The PVC mounted at the key directory on the head."""
-    found = mount_for(groups(doc)[0][1], env_of(ray_container(groups(doc)[0][1]))[KEY_DIR_ENV]["value"])
+    """The PVC mounted at the key directory of the first pod that names one."""
+    group = next(g for _, g in groups(doc) if KEY_DIR_ENV in env_of(ray_container(g)))
+    found = mount_for(group, env_of(ray_container(group))[KEY_DIR_ENV]["value"])
     assert found is not None
     return found[1]["persistentVolumeClaim"]["claimName"]
+
+
+def serve_groups(rayservice: dict) -> list[tuple[str, dict]]:
+    """The RayService groups that can host a replica: those whose Ray has CPUs (the head has
+    ``num-cpus: "0"``, and every pixlake deployment reserves some CPU)."""
+    return [(n, g) for n, g in groups(rayservice) if str(g["rayStartParams"].get("num-cpus", "")) != "0"]
 
 
 # ----------------------------------------------------------------------------- every file
@@ -337,16 +346,41 @@ def test_embed_job_head_runs_governance_with_key_dir_master_key_and_volume(rayjo
     assert governance_ready(groups(rayjob)[0][1], writable=True) is None
 
 
-def test_every_serve_pod_runs_governance_with_key_dir_master_key_and_volume(rayservice):
-    # Serve may place a Searcher (which opens the key store and records erasures) on any pod.
-    for name, g in groups(rayservice):
+def test_every_serve_pod_that_can_host_a_searcher_runs_governance(rayservice):
+    # Serve may place a Searcher (which opens the key store and records erasures) on any pod with CPUs.
+    assert len(serve_groups(rayservice)) == len(groups(rayservice)) - 1
+    for name, g in serve_groups(rayservice):
         assert governance_ready(g, writable=True) is None, name
+
+
+def test_serve_head_holds_no_master_key_and_hosts_no_searcher(rayservice, serve_config):
+    # The head runs the GCS, dashboard and job API: the master key stays off it, which holds
+    # only because no replica can be placed there.
+    from ray.serve._private.build_app import build_app as ray_build  # what Serve does with build_app's result
+
+    from pixlake.serve.app import build_app
+
+    head = groups(rayservice)[0][1]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert SECRET_KEY not in env_of(ray_container(head)) and "volumes" not in head["template"]["spec"]
+    overrides = {d["name"]: d.get("ray_actor_options", {}) for d in app_of(serve_config)["deployments"]}
+    built = ray_build(build_app({**app_of(serve_config)["args"], "keys": []}), name="pixlake")
+    assert {d.name for d in built.deployments} == set(overrides)
+    for d in built.deployments:
+        assert {**d.ray_actor_options, **overrides[d.name]}.get("num_cpus", 1) > 0, d.name
 
 
 def test_serve_governance_key_dir_is_the_mounted_volume(rayservice, serve_config):
     key_dir = app_of(serve_config)["args"]["governance"]["key_dir"]
-    for name, g in groups(rayservice):
+    for name, g in serve_groups(rayservice):
         assert env_of(ray_container(g))[KEY_DIR_ENV]["value"] == key_dir, name
+
+
+def test_master_key_is_never_in_a_runtime_env(rayjob, serve_config, serve_yaml):
+    # Ray's job API and Serve's REST API return runtime_env env_vars to any token holder.
+    texts = [yaml.safe_dump(c) for c in (serve_config, serve_yaml)]
+    texts += [rayjob["spec"]["entrypoint"], yaml.safe_dump(rayjob["spec"].get("runtimeEnvYAML", ""))]
+    assert not any("MASTER_KEY" in t for t in texts)
 
 
 def test_embed_job_workers_read_the_index_plan_but_hold_no_master_key(rayjob):
@@ -379,14 +413,53 @@ def test_job_and_service_share_one_key_volume_which_the_readme_creates_rwx(rayjo
 def test_serve_config_validates_against_rays_schema_and_pixlakes_settings(serve_config):
     from ray.serve.schema import ServeDeploySchema
 
+    from pixlake.serve.auth import hash_key
     from pixlake.serve.config import ServeSettings
 
     schema = ServeDeploySchema.model_validate(serve_config)
     (app,) = schema.applications
     assert app.import_path == "pixlake.serve.app:build_app"
-    settings = ServeSettings(**app.args)
+    # As an operator fills it in: the placeholder's hash replaced by a real key's.
+    keys = [{**k, "key_hash": hash_key(f"real-key-{i}")} for i, k in enumerate(app.args["keys"])]
+    settings = ServeSettings(**{**app.args, "keys": keys})
     assert settings.keys and all(len(k.key_hash) == 64 for k in settings.keys)
     assert settings.governance.key_dir is not None  # required on a Milvus server
+
+
+@pytest.mark.parametrize("which", ["serve.yaml", "rayservice.yaml"])
+def test_shipped_serve_configs_hold_no_usable_api_key(which, serve_config, serve_yaml):
+    # Before: both shipped sha256("change-me"), and a server deployed as shipped took
+    # `Authorization: Bearer change-me` from anyone who had read the docs.
+    from pydantic import ValidationError
+
+    from pixlake.serve.config import ServeSettings
+
+    args = app_of(serve_yaml if which == "serve.yaml" else serve_config)["args"]
+    with pytest.raises(ValidationError, match="published placeholder 'change-me'"):
+        ServeSettings(**args)
+
+
+# ----------------------------------------------------------------------------- Ray access
+
+
+@pytest.mark.parametrize("name", ["rayjob-embed.yaml", "rayservice.yaml"])
+def test_ray_token_authentication_is_on(name):
+    doc = load_one(name)
+    assert cluster_spec(doc)["authOptions"] == {"mode": "token"}
+    for where, container in all_containers():
+        assert env_of(container).get("RAY_AUTH_MODE", {}).get("value", "token") == "token", where
+
+
+@pytest.mark.parametrize("name", ["rayjob-embed.yaml", "rayservice.yaml"])
+def test_dashboard_and_job_api_are_reachable_only_inside_the_cluster(name):
+    doc = load_one(name)
+    head = cluster_spec(doc)["headGroupSpec"]
+    assert head["serviceType"] == "ClusterIP" and not head.get("enableIngress")
+    assert doc["spec"].get("serveService", {}).get("spec", {}).get("type", "ClusterIP") == "ClusterIP"
+    for group_name, g in groups(doc):
+        pod = g["template"]["spec"]
+        assert not pod.get("hostNetwork"), group_name
+        assert not any("hostPort" in p for c in pod["containers"] for p in c.get("ports", [])), group_name
 
 
 def test_serve_config_deployments_match_serve_yaml(serve_config, serve_yaml):
