@@ -132,6 +132,10 @@ class GovernanceSettings(BaseModel):
     owned_sources: list[Path] = Field(
         default_factory=list, description="folders whose images pixlake owns: `erase --purge-sources` deletes there only"
     )
+    drift_min_rows: int = Field(
+        32, ge=1, description="an embed run keeps per-dimension embedding moments for drift only when it embedded at "
+        "least this many images (a mean over few vectors gives them back; 1 keeps them always)"
+    )
 
 
 class Settings(BaseSettings):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, Optional
 
 import numpy as np
@@ -69,6 +70,12 @@ class Searcher:
 
         self.collection = LiveCollection(QueryCollection(MilvusStore.configured(settings.store), Governance.open(settings)))
         self.owned_sources = settings.governance.owned_sources
+        # Erasures running on this replica's threads. Serve may call start_erasure on several
+        # threads at once; the lock makes "find the id, see it is not running, start it" one
+        # step, so a second request for the subject joins the first (same id, no second run).
+        # Across processes, Eraser.run's lock file does the same.
+        self._erasing: set[str] = set()
+        self._erasing_lock = threading.Lock()
 
     def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:
         """Hits for one query vector in one tenant, under a structured metadata filter."""
@@ -90,11 +97,14 @@ class Searcher:
 
     def start_erasure(self, tenant: str, subject: str) -> str:
         """Start (or resume) the erasure of a raw subject id; it runs on a thread here,
-        the process that owns the store. Returns the erasure id."""
-        import threading
-
+        the process that owns the store. Returns the erasure id: the running one's when the
+        subject's erasure is under way already (no second run starts)."""
         eraser = self._eraser()
-        erasure_id, _ = eraser.start(tenant, subject)
+        with self._erasing_lock:
+            erasure_id, _ = eraser.start(tenant, subject)  # the unfinished erasure's id, if any
+            if erasure_id in self._erasing:
+                return erasure_id
+            self._erasing.add(erasure_id)
         threading.Thread(target=self._run_erasure, args=(eraser, erasure_id), daemon=True).start()
         return erasure_id
 
@@ -103,13 +113,15 @@ class Searcher:
 
         return Eraser(self.collection.store, self.collection.governance, self.owned_sources)
 
-    @staticmethod
-    def _run_erasure(eraser, erasure_id: str) -> None:
+    def _run_erasure(self, eraser, erasure_id: str) -> None:
         try:
-            eraser.run(erasure_id)
+            eraser.run(erasure_id, wait=False)  # another process running it: leave it to that one
         except Exception:  # recorded in the ledger; a new request for the subject resumes it
             log.exception("erasure %s failed", erasure_id)
             eraser.governance.ledger.record(erasure_id, "error", 0, "failed")
+        finally:
+            with self._erasing_lock:
+                self._erasing.discard(erasure_id)
 
     def erasure_receipt(self, tenant: str, erasure_id: str) -> Optional[dict]:
         """The receipt of one of the tenant's erasures, or None."""

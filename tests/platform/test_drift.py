@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 
-from pixlake.platform.drift import NON_FINITE, EmbeddingStats, StatsHistory, drift
+from pixlake.platform.drift import NON_FINITE, EmbeddingStats, StatsHistory, drift, withheld_reason
+from pixlake.platform.governance.ledger import LEDGER_FILE, Ledger
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.rows import OK, REJECTED, table
 from pixlake.platform.pipeline.run_metrics import RunMetrics
@@ -56,6 +59,48 @@ def test_history_returns_the_latest_run_of_the_same_collection_and_model(tmp_pat
     run_id, stats = history.last("db", "images", "m")
     assert run_id == "r2" and stats.count == 10
     assert history.last("db", "thumbs", "m") is None
+
+
+def test_small_runs_and_runs_during_an_erasure_keep_no_per_dimension_moments(tmp_path):
+    v, n = _sample(40, np.ones(8), 0)
+    big, one = EmbeddingStats.of(v, n), EmbeddingStats.of(v[:1], n[:1])
+    started = "2030-01-01T00:00:00+00:00"
+    assert withheld_reason(big, 32, tmp_path, started) is None  # no ledger yet: no erasure
+    assert "fewer than 32" in withheld_reason(one, 32, tmp_path, started)
+    assert withheld_reason(one, 1, tmp_path, started) is None  # the operator's explicit opt-out
+    ledger = Ledger(tmp_path / LEDGER_FILE)
+    verified = ledger.open_erasure("t", "p1", False)[0]
+    ledger.record(verified, "verify")  # verified now, before a run that starts in 2030: harmless
+    assert withheld_reason(big, 32, tmp_path, started) is None
+    ledger.open_erasure("t", "p2", False)  # under way: a run now may embed its subject before the deny
+    assert "erasure" in withheld_reason(big, 32, tmp_path, "2000-01-01T00:00:00+00:00")
+
+    history = StatsHistory(tmp_path)
+    history.append("r1", "db", "images", "m", "t1", big)
+    history.append("r2", "db", "images", "m", "t2", one, withheld="fewer than 32 vectors")
+    entry = json.loads(history.path.read_text().splitlines()[1])
+    assert entry["moments_withheld"] and "vec_sum" not in entry["stats"] and entry["stats"]["count"] == 1
+    run_id, stats = history.last("db", "images", "m")  # drift compares with the last run that has moments
+    assert run_id == "r1" and drift(stats, big)["score"] == 0.0
+    assert history.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_erasure_drops_the_moments_of_every_run_of_the_collection_and_its_versions(tmp_path):
+    v, n = _sample(40, np.ones(8), 0)
+    history = StatsHistory(tmp_path)
+    for run_id, collection in (("r1", "images"), ("r2", "images_v2"), ("r3", "thumbs")):
+        history.append(run_id, "db", collection, "m", "t", EmbeddingStats.of(v, n))
+    with history.path.open("a") as f:
+        f.write('{"run_id": "torn", "stats": {"vec_sum": [0.1')  # a crash mid-append: part of a vector
+    assert history.drop_moments("images_v2", "dropped by erasure er_1") == 2  # the live name and its versions
+    text = history.path.read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    assert [e["run_id"] for e in entries] == ["r1", "r2", "r3"] and "torn" not in text
+    assert [("vec_sum" in e["stats"], e.get("moments_withheld")) for e in entries] == [
+        (False, "dropped by erasure er_1"), (False, "dropped by erasure er_1"), (True, None)]
+    assert history.last("db", "images", "m") is None and history.last("db", "thumbs", "m")[0] == "r3"
+    assert history.drop_moments("images", "again") == 0 and history.path.read_text() == text  # nothing to rewrite
+    assert history.path.stat().st_mode & 0o777 == 0o600
 
 
 def test_nan_and_inf_embeddings_are_rejected_rows_never_vectors(corpus_dir, tiny_encoder):

@@ -2,21 +2,31 @@
 
 Every step is idempotent and, once done, appended to the ledger; a crash at any point
 leaves a prefix of steps, and running the erasure again (same subject) resumes after the
-last recorded one. The subject is erased from every pixlake collection of the database.
+last recorded one. The subject is erased from every pixlake collection of the database,
+and from the drift statistics: before its rows leave a collection, the per-dimension
+embedding moments of every run of that collection are dropped (:mod:`pixlake.platform.drift`).
+
+One erasure runs at a time: :meth:`Eraser.run` holds a lock file per erasure id, so a
+second request for the same subject (same id, from the ledger) in this process or another
+on the host waits for the first, or leaves it alone, instead of running every step twice.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from pixlake.platform import records as R
+from pixlake.platform.drift import StatsHistory
 from pixlake.platform.errors import GovernanceError
 from pixlake.platform.governance.cipher import associated_data, seal, unseal
 from pixlake.platform.governance.ledger import DONE
+from pixlake.platform.governance.private import write_private
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.store import MilvusStore, build_filter, literal
 
@@ -47,26 +57,52 @@ class Eraser:
         pseudonym = self.governance.pseudonym(tenant, subject)
         return self.governance.ledger.open_erasure(tenant, pseudonym, purge_sources)
 
-    def run(self, erasure_id: str, fault: Optional[Callable[[str], None]] = None) -> dict:
+    def run(self, erasure_id: str, fault: Optional[Callable[[str], None]] = None, wait: bool = True) -> dict:
         """Run (or resume) an erasure to the end and return its receipt.
+
+        Args:
+            wait: when the erasure is running already (another thread or process): True
+                waits for it, then finishes whatever it left; False returns the receipt as it
+                stands (``in_progress``) at once.
 
         Raises:
             GovernanceError: rows remain after the delete (re-run to resume).
         """
-        ledger = self.governance.ledger
-        state = ledger.get(erasure_id)
-        tenant, pseudonym = state["tenant"], state["subject"]
-        done = {s["name"] for s in state["steps"] if s["status"] != "failed"}
-        fault = fault or _fault_from_env
-        for name in STEPS:
-            if name in done:
-                continue
-            count, status = getattr(self, f"_{name}")(erasure_id, tenant, pseudonym, state["purge_sources"])
-            ledger.record(erasure_id, name, count, status)
-            self.governance.audit.record(f"erasure.{name}", erasure_id=erasure_id, tenant=tenant, pseudonym=pseudonym,
-                                         count=count, status=status)
-            fault(name)
+        with self._exclusive(erasure_id, wait) as mine:
+            if not mine:
+                return self.receipt(erasure_id)
+            ledger = self.governance.ledger
+            state = ledger.get(erasure_id)  # read under the lock: a run that just ended is seen whole
+            tenant, pseudonym = state["tenant"], state["subject"]
+            done = {s["name"] for s in state["steps"] if s["status"] != "failed"}
+            fault = fault or _fault_from_env
+            for name in STEPS:
+                if name in done:
+                    continue
+                count, status = getattr(self, f"_{name}")(erasure_id, tenant, pseudonym, state["purge_sources"])
+                ledger.record(erasure_id, name, count, status)
+                self.governance.audit.record(f"erasure.{name}", erasure_id=erasure_id, tenant=tenant,
+                                             pseudonym=pseudonym, count=count, status=status)
+                fault(name)
         return self.receipt(erasure_id)
+
+    @contextmanager
+    def _exclusive(self, erasure_id: str, wait: bool) -> Iterator[bool]:
+        """Hold the erasure's lock file (yields True), or yield False when ``wait`` is False
+        and another thread or process holds it. ``flock`` locks belong to an open file, so
+        two threads of one process exclude each other too; a crashed holder releases it."""
+        path = self.governance.dir / "erasures" / f"{erasure_id}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def receipt(self, erasure_id: str) -> dict:
         """The receipt: ``erasure_id``, ``subject`` (pseudonym), ``requested_at``, ``completed_at``,
@@ -101,14 +137,27 @@ class Eraser:
     def _shred(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
         return self.governance.keys.shred(tenant, pseudonym), DONE
 
-    def _delete(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
+    def _delete_rows(self, store: MilvusStore, erasure_id: str, tenant: str, pseudonym: str) -> int:
+        """Delete the subject's rows of one collection; returns how many there were. The
+        collection's drift moments go first: once the rows are gone, a resumed erasure
+        could no longer tell which collections held the subject."""
         expr = build_filter(tenant, subject=pseudonym)
-        return self._each_store(lambda s: s.delete(filter=expr) if s.count(expr) else 0), DONE
+        found = store.count(expr)
+        if found:
+            dropped = StatsHistory(self.governance.dir).drop_moments(store.collection, f"dropped by erasure {erasure_id}")
+            if dropped:
+                self.governance.audit.record("erasure.drift_moments_dropped", erasure_id=erasure_id, tenant=tenant,
+                                             pseudonym=pseudonym, collection=store.collection, count=dropped)
+            store.delete(filter=expr)
+        return found
+
+    def _delete(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
+        return self._each_store(lambda s: self._delete_rows(s, erasure_id, tenant, pseudonym)), DONE
 
     def _verify(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
         expr = build_filter(tenant, subject=pseudonym)
         # A row written by a job between the delete and now is deleted here too (Strong consistency).
-        remaining = self._each_store(lambda s: s.count(expr) and (s.delete(filter=expr), s.count(expr))[1])
+        remaining = self._each_store(lambda s: self._delete_rows(s, erasure_id, tenant, pseudonym) and s.count(expr))
         if remaining:
             raise GovernanceError(f"erasure {erasure_id}: {remaining} rows remain after the delete; run it again to resume")
         return 0, DONE
@@ -124,16 +173,65 @@ class Eraser:
         if not plan.exists():
             return 0, DONE  # purged already (the plan goes last)
         key = self.governance.identity_key(tenant)
-        paths = json.loads(unseal(plan.read_text(), key, associated_data(erasure_id, tenant)))
+        planned = [p if isinstance(p, dict) else {"path": p, "hash": None}  # a plan written before hashes were kept
+                   for p in json.loads(unseal(plan.read_text(), key, associated_data(erasure_id, tenant)))]
+        # Decided now, not when planned: the subject's rows are gone, so every row found is
+        # someone else's, including rows written since the plan.
+        kept = self._still_used(tenant, planned)
         purged = 0
-        for path in paths:
+        for entry in planned:
+            if entry["path"] in kept:
+                continue
             try:
-                os.unlink(path)
+                os.unlink(entry["path"])
                 purged += 1
             except FileNotFoundError:
                 pass  # deleted before a crash: idempotent
         plan.unlink()
         return purged, DONE
+
+    def _still_used(self, tenant: str, planned: list[dict]) -> set[str]:
+        """The planned paths some row still needs: a row of any tenant and subject, in any
+        collection, whose source opens to that path, or a row of this tenant holding the
+        same bytes (same keyed content hash). Sources are sealed per row, so this reads
+        and opens the source of every row of the database: a purge costs a full scan."""
+        paths = {e["path"] for e in planned}
+        by_hash: dict[str, set[str]] = {}
+        for e in planned:
+            if e["hash"]:
+                by_hash.setdefault(e["hash"], set()).add(e["path"])
+        kept: set[str] = set()
+
+        def scan(store: MilvusStore) -> int:
+            for page in store.pages("", (R.ID, R.TENANT, R.SOURCE, R.KEY_ID, R.CONTENT_HASH), _PAGE):
+                for t in {r[R.TENANT] for r in page}:
+                    rows = [r for r in page if r[R.TENANT] == t]
+                    if t == tenant:
+                        kept.update(*(by_hash.get(r[R.CONTENT_HASH], ()) for r in rows))
+                    kept.update(p for _, p in self._sources(t, rows) if p in paths)
+            return 0
+
+        self._each_store(scan)
+        return kept
+
+    def _sources(self, tenant: str, rows: list[dict]) -> list[tuple[dict, str]]:
+        """``(row, resolved local path)`` of rows of one tenant, sources opened where sealed.
+        Rows whose key is gone belong to an erased subject: they point nowhere any more."""
+        keys = self.governance.keys.keys_by_id(tenant, sorted({r[R.KEY_ID] for r in rows if r[R.KEY_ID]}))
+        out = []
+        for r in rows:
+            source = r[R.SOURCE]
+            if r[R.KEY_ID]:
+                if r[R.KEY_ID] not in keys:
+                    continue
+                try:
+                    source = unseal(source, keys[r[R.KEY_ID]], associated_data(r[R.ID], tenant, r[R.KEY_ID]))
+                except GovernanceError:
+                    log.warning("row %s: its source cannot be opened; it counts as pointing nowhere", r[R.ID])
+                    continue
+            if "://" not in source:
+                out.append((r, str(Path(source).expanduser().resolve())))
+        return out
 
     def _receipt(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
         return 0, DONE
@@ -144,8 +242,10 @@ class Eraser:
         return self.governance.dir / "erasures" / f"{erasure_id}.purge"
 
     def _plan_purge(self, erasure_id: str, tenant: str, pseudonym: str) -> None:
-        """Unseal the subject's sources while its keys exist and keep the owned ones in a
-        plan sealed under the tenant's identity key (the ledger never holds paths)."""
+        """Open the subject's sources while its keys exist and keep the owned ones, with
+        their keyed content hashes, in a plan sealed under the tenant's identity key (the
+        ledger never holds paths). Whether another row still needs a file is decided when
+        the purge runs (:meth:`_still_used`)."""
         rows: list[dict] = []
 
         def collect(store: MilvusStore) -> int:
@@ -154,30 +254,15 @@ class Eraser:
             return len(found)
 
         self._each_store(collect)
-        hashes = sorted({r[R.CONTENT_HASH] for r in rows})
-        shared: set[str] = set()  # identical bytes held by another subject: that file stays
-        if hashes:
-            others = build_filter(tenant) + f" and {R.SUBJECT} != {literal(pseudonym)} and {R.CONTENT_HASH} in [" \
-                + ", ".join(literal(h) for h in hashes) + "]"
-            self._each_store(lambda s: len([shared.add(r[R.CONTENT_HASH]) for r in s.query(others, [R.CONTENT_HASH])]))
-        keys = self.governance.keys.keys_by_id(tenant, sorted({r[R.KEY_ID] for r in rows if r[R.KEY_ID]}))
-        paths = set()
-        for r in rows:
-            if r[R.CONTENT_HASH] in shared:
-                continue
-            source = r[R.SOURCE]
-            if r[R.KEY_ID]:
-                if r[R.KEY_ID] not in keys:
-                    continue
-                source = unseal(source, keys[r[R.KEY_ID]], associated_data(r[R.ID], tenant, r[R.KEY_ID]))
-            path = Path(source).expanduser().resolve() if "://" not in source else None
-            if path is not None and any(path.is_relative_to(root) for root in self.owned):
-                paths.add(str(path))
+        planned: dict[str, str] = {}
+        for r, path in self._sources(tenant, rows):
+            if any(Path(path).is_relative_to(root) for root in self.owned):
+                planned[path] = r[R.CONTENT_HASH]
         plan = self._plan_path(erasure_id)
         plan.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = plan.with_suffix(".tmp")
-        tmp.write_text(seal(json.dumps(sorted(paths)), self.governance.identity_key(tenant), associated_data(erasure_id, tenant)))
-        os.replace(tmp, plan)
+        entries = [{"path": p, "hash": h} for p, h in sorted(planned.items())]
+        write_private(plan, seal(json.dumps(entries), self.governance.identity_key(tenant),
+                                 associated_data(erasure_id, tenant)))
 
 
 def _fault_from_env(step: str) -> None:

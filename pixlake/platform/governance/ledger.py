@@ -32,6 +32,7 @@ CREATE TRIGGER IF NOT EXISTS steps_append_only_u BEFORE UPDATE ON steps BEGIN SE
 CREATE TRIGGER IF NOT EXISTS steps_append_only_d BEFORE DELETE ON steps BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 """
 DONE = "done"
+LEDGER_FILE = "ledger.sqlite"  # in the governance directory
 
 
 def now() -> str:
@@ -140,6 +141,16 @@ class Ledger:
             "requested_at": head[3],
             "steps": [{"name": n, "status": s, "count": c, "at": a} for n, s, c, a in steps],
         }
+
+    def unverified_since(self, since: str) -> list[str]:
+        """Erasures whose ``verify`` step was not recorded before ``since`` (an ISO timestamp):
+        under way at that moment, begun after it, or stopped short of verify. A run that
+        started at ``since`` may have embedded their subjects (drift statistics ask)."""
+        since_at = datetime.fromisoformat(since)
+        with self._tx() as db:
+            rows = db.execute("SELECT e.erasure_id, s.at FROM erasures e LEFT JOIN steps s "
+                              "ON s.erasure_id = e.erasure_id AND s.name = 'verify' AND s.status = ?", (DONE,)).fetchall()
+        return [e for e, at in rows if at is None or datetime.fromisoformat(at) >= since_at]
 
     def find(self, tenant: Optional[str] = None) -> list[str]:
         """Erasure ids, oldest first (of one tenant when given)."""

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
-from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift
+from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift, withheld_reason
 from pixlake.platform.encoder import check_model, load_encoder
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.governance.service import prepare as prepare_governance
@@ -173,7 +173,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         protection=protection(settings),
         store_retries=store_retries,
     )
-    record_drift(report, run_metrics.embedding, StatsHistory(key_dir))
+    record_drift(report, run_metrics.embedding, StatsHistory(key_dir), settings.governance.drift_min_rows)
     if settings.job.report is not None:
         report.write(settings.job.report)
     if settings.job.metrics_file is not None:
@@ -196,12 +196,14 @@ def pixlake_cause(error: BaseException) -> Optional[PixlakeError]:
     return None
 
 
-def record_drift(report: JobReport, stats: EmbeddingStats, history: StatsHistory) -> None:
+def record_drift(report: JobReport, stats: EmbeddingStats, history: StatsHistory, min_rows: int) -> None:
     """Put the run's embedding statistics and its drift from the previous run of the same
-    collection and encoder into ``report``, and record this run for the next one."""
+    collection and encoder into ``report``, and record this run for the next one (its
+    per-dimension moments only when :func:`~pixlake.platform.drift.withheld_reason` allows)."""
     report.embedding_stats = stats.summary()
     previous = history.last(report.db, report.collection, report.model)
     if previous is not None and stats.count:
         report.drift = {"previous_run": previous[0], **drift(previous[1], stats)}
     if stats.count:
-        history.append(report.run_id, report.db, report.collection, report.model, report.finished_at, stats)
+        withheld = withheld_reason(stats, min_rows, history.path.parent, report.started_at)
+        history.append(report.run_id, report.db, report.collection, report.model, report.finished_at, stats, withheld)
