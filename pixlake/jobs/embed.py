@@ -37,12 +37,11 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the job for parsed flags; returns the exit code."""
-    from pixlake.platform.pipeline.job import run_embed_job
+def settings_of(args: argparse.Namespace):
+    """The job's settings: its flags over the config file and ``PIXLAKE_`` environment."""
     from pixlake.platform.settings import load_settings
 
-    settings = load_settings(
+    return load_settings(
         args.config,
         {
             "store": {"db": args.db, "collection": args.collection},
@@ -54,7 +53,13 @@ def run(args: argparse.Namespace) -> int:
             "governance": {"encryption": False if args.no_encryption else None},
         },
     )
-    report = run_embed_job(args.source, settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job for parsed flags; returns the exit code."""
+    from pixlake.platform.pipeline.job import run_embed_job
+
+    report = run_embed_job(args.source, settings_of(args))
     emit(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0
 

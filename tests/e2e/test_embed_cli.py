@@ -35,6 +35,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["/no/such/folder", "--db", "{tmp}/p.db", *TINY_FLAGS], "source not found"),
+        (["s3://bucket/x?endpoint_override=127.0.0.1:9", "--db", "{tmp}/p.db", *TINY_FLAGS], "refused: s3:// URIs carry no"),
         (["{corpus}", "--db", "{tmp}/p.db", "--model", "no-such-model", "--pretrained", "none"], "unknown model"),
         (["{corpus}", "--db", "{file}/under-a-file.db", *TINY_FLAGS], "cannot create the directory"),
         (["{corpus}", "--db", "{tmp}/not-a-db.txt", *TINY_FLAGS], "expected a milvus-lite path"),

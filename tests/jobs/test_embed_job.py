@@ -147,6 +147,14 @@ def test_a_manifest_cannot_choose_another_tenant_nor_read_devices(ray_session, c
         collection.close()
 
 
+def test_only_the_operators_flag_lets_manifests_choose_tenants(tmp_path):
+    from pixlake.jobs.embed import build_parser, settings_of
+
+    flags = [str(tmp_path), "--db", str(tmp_path / "p.db"), "--tenant", "acme"]
+    assert settings_of(build_parser().parse_args(flags)).job.allow_manifest_tenants is False
+    assert settings_of(build_parser().parse_args([*flags, "--allow-manifest-tenants"])).job.allow_manifest_tenants is True
+
+
 def test_webdataset_shards(ray_session, corpus_dir, tmp_path):
     images = sorted(corpus_dir.glob("*.png"))[:10]
     shards = tmp_path / "shards"

@@ -4,7 +4,9 @@ every row's tenant, and no source makes it read past the byte cap."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import tarfile
 
 import pyarrow as pa
 import pytest
@@ -15,7 +17,7 @@ from pixlake.platform.governance.service import Governance
 from pixlake.platform.images import content_hash
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.rows import OK, REJECTED
-from pixlake.platform.pipeline.sources import ITEM_SCHEMA
+from pixlake.platform.pipeline.sources import ITEM_SCHEMA, ParquetRows, WebDatasetSamples, resolve_source
 from pixlake.platform.settings import GovernanceSettings
 
 
@@ -50,6 +52,23 @@ def test_a_manifest_naming_another_tenant_is_a_rejected_row(governance):
 
     allowed = LoadItems("acme", 10_000, governance, allow_manifest_tenants=True)(batch).to_pylist()
     assert [(r["status"], r["tenant"]) for r in allowed] == [(OK, "acme"), (OK, "acme"), (OK, "globex")]
+
+
+def test_parquet_and_webdataset_manifests_naming_another_tenant_are_rejected(governance, tmp_path):
+    """The read stage's mappers in front of the load stage, as the job chains them."""
+    png = _png()
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("k.png")
+        info.size = len(png)
+        tar.addfile(info, io.BytesIO(png))
+    samples = pa.table({"__key__": ["a", "b"], "__url__": [str(shard)] * 2, "png": [png, png],
+                        "json": [json.dumps({"tenant": "globex"}).encode(), json.dumps({"tenant": "acme"}).encode()]})
+    rows = pa.table({"image": [png, png], "tenant": ["globex", None]})
+    load = LoadItems("acme", 10_000, governance)
+    for items in (WebDatasetSamples(resolve_source(str(shard)))(samples), ParquetRows(None, str(tmp_path))(rows)):
+        out = load(items).to_pylist()
+        assert [r["status"] for r in out] == [REJECTED, OK] and out[0]["reason"].startswith("tenant_mismatch:")
 
 
 def test_sources_that_never_end_are_rejected_rows_not_out_of_memory(governance, tmp_path):
