@@ -1,7 +1,11 @@
 """Rotate a tenant's vector key: ``python -m pixlake.jobs.rekey --tenant T``.
 
 Re-encrypts the tenant's rows in every collection under a new key version, decrypting
-them from Milvus (no re-embedding), then retires the old version. Re-run it after a crash.
+them from Milvus (no re-embedding), re-scanning until no row is left under an old version
+(an embed job may still be writing), then retires the old versions. Exits 2, old versions
+kept, when writers keep adding old-version rows. Re-run it after a crash: rows a crash
+caught between a server's delete and insert are restored from the governance directory's
+journal first.
 """
 
 from __future__ import annotations

@@ -62,7 +62,8 @@ class QueryCollection:
 
     With encryption on, a query is encrypted with the tenant key, Milvus returns
     ``rerank_factor × k`` ciphertext candidates, and they are decrypted here (the trusted
-    service) and re-ranked by exact similarity to the plaintext query.
+    service) and re-ranked by exact similarity to the plaintext query. While a key rotation
+    leaves rows under two versions, each version's rows are searched with a query under it.
     """
 
     def __init__(self, store: MilvusStore, governance: Governance):
@@ -92,12 +93,21 @@ class QueryCollection:
         expr = build_filter(tenant, meta)
         gov = self.governance
         fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
-        hits = self.store.search([gov.encrypt_query(tenant, vector)], k=min(k * self.rerank_factor, MAX_TOPK),
-                                 filter=expr, output_fields=fields)[0]
-        rows = gov.reveal(tenant, hits)
-        for r in rows:
+        versions = gov.live_versions(tenant) if gov.encryption else []
+        if len(versions) > 1:
+            # A rotation is under way: rows under each version are compared with a query
+            # encrypted under that version (another key's query scores them at random).
+            searches = [(gov.encrypt_query(tenant, vector, v), f'{expr} and {R.NONCE} like "{v}:%"') for v in versions]
+        else:
+            searches = [(gov.encrypt_query(tenant, vector), expr)]
+        hits = [hit for query, where in searches
+                for hit in self.store.search([query], k=min(k * self.rerank_factor, MAX_TOPK), filter=where,
+                                             output_fields=fields)[0]]
+        rows = {}  # by id: a row re-keyed between two of the searches is met twice
+        for r in gov.reveal(tenant, hits):
             r["score"] = float(np.dot(r[R.VECTOR], vector))  # exact cosine: both are unit vectors
-        rows.sort(key=lambda r: -r["score"])
+            rows[r[R.ID]] = r
+        rows = sorted(rows.values(), key=lambda r: -r["score"])
         return [{"id": r[R.ID], "source": r[R.SOURCE], "score": round(r["score"], 6), "meta": r[R.META]} for r in rows[:k]]
 
     def read(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from pixlake.platform.errors import ConfigError, PixlakeError, StoreError
 log = logging.getLogger(__name__)
 
 LITE, SERVER = "milvus-lite", "milvus-server"
+FAULT_ENV = "PIXLAKE_FAULT_STORE"  # tests: a crash point, see _fault
 METRIC = "COSINE"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 _META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
@@ -29,6 +31,13 @@ _LOCK_WAIT_S = 30.0
 DEFAULT_RETRY_DEADLINE_S = 120.0
 # Open MilvusStore objects per milvus-lite path in this process (they share one server).
 _lite_users: Counter[str] = Counter()
+
+
+def _fault(point: str) -> None:
+    """Tests: exit the process abruptly at ``point`` when ``PIXLAKE_FAULT_STORE`` names it (a crash)."""
+    if os.environ.get(FAULT_ENV) == point:
+        log.error("fault injection: exiting at %s", point)
+        os._exit(137)
 
 
 def backend_of(uri: str) -> str:
@@ -53,7 +62,6 @@ def check_db_location(uri: str) -> None:
     """
     if backend_of(uri) != LITE:
         return
-    import os
 
     parent = Path(uri).expanduser().resolve().parent
     try:
@@ -379,8 +387,10 @@ class MilvusStore:
         if self.backend == SERVER:
             # Milvus 2.3 upserts rows into the wrong partition of a partition-key collection
             # (milvus-io/milvus#30607), where tenant-filtered searches never see them: delete
-            # and insert instead (not atomic; a crash in between loses rows a re-run restores).
+            # and insert instead. Not atomic: a caller rewriting rows whose only copy is here
+            # (re-keying) journals them first (pixlake.platform.governance.portability).
             self._client.delete(self.collection, ids=[r[R.ID] for r in rows])
+            _fault("upsert.deleted")
             return int(self._client.insert(self.collection, [dict(r) for r in rows])["insert_count"])
         return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
 
@@ -456,9 +466,15 @@ class MilvusStore:
         return [row for page in self.pages(filter, output_fields) for row in page]
 
     def pages(self, filter: str, output_fields: Sequence[str], size: int = 1000) -> Iterator[list[dict]]:
-        """Rows matching ``filter`` in pages of ``size`` (bounded memory over any collection)."""
+        """Rows matching ``filter`` in pages of ``size`` (bounded memory over any collection),
+        read with Strong consistency: every write acknowledged before the call is seen."""
         if not self.exists():
             return
+        if self.backend == SERVER:
+            # pymilvus's iterator reads a 2.3 server at a client-side timestamp without the
+            # Strong wait: rows written just before were missing (0 of 50, 6 ms). A Strong
+            # query first waits until the server has applied every earlier write.
+            self.count(filter)
         try:
             iterator = self._client.query_iterator(self.collection, batch_size=size, filter=filter,
                                                    output_fields=list(output_fields), consistency_level="Strong")

@@ -300,6 +300,16 @@ class TestStoreConformance:
         (old,) = store.search([target[R.VECTOR]], k=1)
         assert old[0]["id"] != target[R.ID] or old[0]["score"] < 0.999
 
+    def test_pages_see_every_write_made_just_before(self, store: MilvusStore):
+        # a rekey pass re-scans right after it (or a writer) wrote: pages must read Strong
+        first = make_rows(30, seed=5)
+        store.upsert(first)
+        assert sorted(r[R.ID] for page in store.pages("", (R.ID,)) for r in page) == sorted(r[R.ID] for r in first)
+        changed = [dict(r, nonce="f" * 24) for r in first[:10]] + make_rows(5, seed=6, start=30)
+        store.upsert(changed)  # a server's delete + insert of 10 rows, 5 new ones
+        seen = {r[R.ID]: r[R.NONCE] for page in store.pages("", (R.ID, R.NONCE), size=7) for r in page}
+        assert len(seen) == 35 and sum(n == "f" * 24 for n in seen.values()) == 10
+
     def test_upsert_rejects_wrong_dim(self, store: MilvusStore):
         bad = make_rows(1)
         bad[0][R.VECTOR] = bad[0][R.VECTOR][:-1]

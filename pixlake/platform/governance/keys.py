@@ -164,6 +164,10 @@ class KeyService(abc.ABC):
         """Destroy an old (non-current) tenant key version."""
 
     @abc.abstractmethod
+    def live_versions(self, tenant: str) -> list[int]:
+        """The tenant's key versions not retired, oldest first (empty before first use)."""
+
+    @abc.abstractmethod
     def data_keys(self, tenant: str, pseudonyms: Sequence[str], create: bool = True) -> dict[str, tuple[str, bytes]]:
         """Return ``pseudonym -> (key_id, key)``; shredded pseudonyms are absent."""
 
@@ -409,6 +413,16 @@ class LocalKeyService(KeyService):
                 (_now(), tenant, version),
             )
         self._record("tenant_key.retired", tenant=tenant, version=version)
+
+    def live_versions(self, tenant: str) -> list[int]:
+        """The tenant's key versions not retired, oldest first (the last is current).
+
+        More than one while a rotation is under way: rows under each still exist.
+        """
+        _check(tenant)
+        with self._txn(write=False) as c:
+            sql = "SELECT version FROM tenant_keys WHERE tenant = ? AND wrapped IS NOT NULL ORDER BY version"
+            return [v for (v,) in c.execute(sql, (tenant,)).fetchall()]
 
     # --- data keys --------------------------------------------------------------------
 

@@ -170,11 +170,17 @@ class Governance:
             self._ciphers[cache_key] = VectorCipher(key, dim, beta)
         return version, self._ciphers[cache_key]
 
-    def encrypt_query(self, tenant: str, vector: np.ndarray) -> np.ndarray:
-        """Encrypt a query vector with the tenant key (fresh noise)."""
+    def live_versions(self, tenant: str) -> list[int]:
+        """The tenant's key versions not retired, oldest first: more than one while a
+        rotation (``pixlake rekey``) is under way and rows under each exist."""
+        return self.keys.live_versions(tenant)
+
+    def encrypt_query(self, tenant: str, vector: np.ndarray, version: Optional[int] = None) -> np.ndarray:
+        """Encrypt a query vector with the tenant key (current version by default; fresh noise).
+        A query compares well only with rows under the same key version."""
         if not self.encryption:
             return vector
-        _, cipher = self.cipher(tenant, len(vector))
+        _, cipher = self.cipher(tenant, len(vector), version)
         return cipher.encrypt_query(np.asarray(vector, np.float32)[None])[0]
 
     def _keys_by_id(self, tenant: str, key_ids: Sequence[str]) -> dict[str, bytes]:

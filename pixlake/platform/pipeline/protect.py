@@ -32,13 +32,15 @@ class ProtectRows:
         self.governance = governance
         self.dim = dim
         self.settings = governance.settings_json()
-        self._ciphers: dict[str, tuple[int, VectorCipher]] = {}
+        self._ciphers: dict[tuple[str, int], VectorCipher] = {}
 
     def _cipher(self, tenant: str) -> tuple[int, VectorCipher]:
-        if tenant not in self._ciphers:
-            version, key = self.governance.tenant_key(tenant)
-            self._ciphers[tenant] = (version, VectorCipher(key, self.dim, self.settings["beta"]))
-        return self._ciphers[tenant]
+        # The current version is asked for every batch (one actor call), not once per task:
+        # after a rotation (pixlake rekey) the next batch already writes under the new key.
+        version, key = self.governance.tenant_key(tenant)
+        if (tenant, version) not in self._ciphers:
+            self._ciphers[(tenant, version)] = VectorCipher(key, self.dim, self.settings["beta"])
+        return version, self._ciphers[(tenant, version)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
