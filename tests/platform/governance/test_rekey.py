@@ -131,6 +131,26 @@ def test_a_search_during_a_rotation_finds_rows_under_either_key_version(lite):
     assert len({h["id"] for h in top}) == 10 and [h["score"] for h in top] == sorted((h["score"] for h in top), reverse=True)
 
 
+def test_the_embed_jobs_protect_stage_writes_under_the_new_key_from_the_next_batch(lite):
+    import pyarrow as pa
+
+    from pixlake.platform.pipeline.protect import ProtectRows
+    from pixlake.platform.pipeline.rows import OK, table
+
+    _, governance = lite  # the stage calls the governance actor's methods; the object itself has them
+    stage = ProtectRows(governance, DIM)
+
+    def batch(first: int) -> pa.Table:
+        rows = [{"source": f"/img/{i}.png", "id": f"{i:032x}", "tenant": TENANT, "content_hash": f"h{i}", "meta": "{}",
+                 "subject": governance.pseudonym(TENANT, f"s{i}"), "status": OK, "reason": "", "vector": v.tolist()}
+                for i, v in enumerate(_vectors(4, seed=first), first)]
+        return table(rows, [("vector", pa.list_(pa.float32(), DIM))])
+
+    assert {n.split(":")[0] for n in stage(batch(0)).column("nonce").to_pylist()} == {"1"}
+    governance.keys.rotate_tenant_key(TENANT)  # pixlake rekey, while the job runs
+    assert {n.split(":")[0] for n in stage(batch(4)).column("nonce").to_pylist()} == {"2"}
+
+
 def _pixlake(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "pixlake"), *args], env=env, capture_output=True,
                           text=True, timeout=300)
