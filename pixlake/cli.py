@@ -62,8 +62,6 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import time
-
     import yaml
 
     from pixlake.jobs.common import validated
@@ -74,15 +72,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     flags = {"db": args.db, "collection": args.collection, "model": args.model, "pretrained": args.pretrained}
     settings = validated(ServeSettings, {**values, **{k: v for k, v in flags.items() if v is not None}})
     settings.api_keys()  # a malformed PIXLAKE_API_KEYS fails here, in one line
-    url = run.start(settings, args.host, args.port)
-    emit(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); Ctrl-C to stop")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        emit("shutting down")
-    finally:
-        run.stop()
+    # SIGTERM or SIGINT (Ctrl-C) stops Serve and the Ray this command started, whatever
+    # signal dispositions it inherited.
+    run.serve_until_stopped(
+        settings, args.host, args.port,
+        on_ready=lambda url: emit(f"pixlake serving {settings.collection} at {url} (OpenAPI: {url}/docs); "
+                                  "Ctrl-C or SIGTERM to stop"),
+        on_stop=lambda signame: emit(f"shutting down ({signame})"))
     return 0
 
 
@@ -124,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--text", help="text to embed")
     what.add_argument("--image", help="path of an image to embed")
     encode.set_defaults(func=_cmd_encode)
-    serve_p = sub.add_parser("serve", help="serve the HTTP search API on Ray Serve (blocks; Ctrl-C stops)")
+    serve_p = sub.add_parser("serve", help="serve the HTTP search API on Ray Serve (blocks; Ctrl-C or SIGTERM stops)")
     add_store_flags(serve_p)
     add_encoder_flags(serve_p)
     serve_p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
