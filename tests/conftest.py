@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# Every Serve proxy this session's Ray starts caps request bodies where it reads them, as
+# `pixlake serve` sets up (pixlake.serve.guard.ProxyBodyCap; 16 MiB, above every test's app cap).
+os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pixlake.serve.guard:proxy_middlewares")
+
 TINY = ("pixlake-tiny", "none")  # (model, pretrained): registered bundled config, seeded random weights
 # The tiny model's random embeddings crowd together (mean pairwise cosine 0.88, nearest
 # neighbour at distance 0.06), so the default encryption noise (radius beta/4 = 0.25) would

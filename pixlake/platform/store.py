@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -112,13 +113,35 @@ def choose_index(backend: str, plan: Optional[Mapping[str, Any]] = None) -> Inde
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
 
 
+# Bounds of a structured filter (documented in docs/security.md): a filter is a request's
+# input, and each key or value becomes part of a Milvus expression the server parses.
+MAX_FILTER_KEYS, MAX_FILTER_VALUES, MAX_FILTER_STRING = 16, 100, 1024
+_INT64 = 2 ** 63
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, newline and return round-trip
+
+
 def literal(value: Any) -> str:
-    """A Milvus expression literal for a scalar, escaped."""
+    """A Milvus expression literal for a scalar, escaped.
+
+    Raises:
+        ConfigError: not a scalar, a non-finite or out-of-range number, or a string that is
+            too long or holds control characters other than tab, newline and carriage return.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        if not -_INT64 <= value < _INT64:
+            raise ConfigError(f"filter value {value}: outside the 64-bit integer range")
+        return repr(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"filter value {value!r}: not a finite number")
         return repr(value)
     if isinstance(value, str):
+        if len(value) > MAX_FILTER_STRING:
+            raise ConfigError(f"filter value: longer than {MAX_FILTER_STRING} characters")
+        if _CONTROL.search(value):
+            raise ConfigError(f"filter value {value!r}: control characters other than tab, newline and return")
         # Milvus string literals know only these escapes (no \uXXXX): everything else,
         # non-ASCII included, goes in verbatim.
         return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
@@ -146,8 +169,10 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
         parts.append(f"{R.TENANT} == {literal(tenant)}")
     if subject is not None:
         parts.append(f"{R.SUBJECT} == {literal(subject)}")
+    if meta and len(meta) > MAX_FILTER_KEYS:
+        raise ConfigError(f"filter: {len(meta)} keys, at most {MAX_FILTER_KEYS}")
     for key, value in (meta or {}).items():
-        if not _META_KEY.match(key):
+        if not isinstance(key, str) or not _META_KEY.fullmatch(key):  # fullmatch: `$` would let "a\n" through
             raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")
         field = f'{R.META}["{key}"]'
         if isinstance(value, (list, tuple)):
@@ -155,6 +180,8 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
             # everywhere, and the brackets keep it from widening the surrounding `and`.
             if not value:
                 raise ConfigError(f"filter key {key!r}: empty list matches nothing")
+            if len(value) > MAX_FILTER_VALUES:
+                raise ConfigError(f"filter key {key!r}: {len(value)} values, at most {MAX_FILTER_VALUES}")
             parts.append("(" + " or ".join(f"{field} == {literal(v)}" for v in value) + ")")
         else:
             parts.append(f"{field} == {literal(value)}")

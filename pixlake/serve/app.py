@@ -146,7 +146,8 @@ class Ingress:
         self.settings = ServeSettings(**settings)
         self.keys = KeyStore(self.settings.api_keys())
         self.limiter = RateLimiter(self.settings.rate_per_s, self.settings.rate_burst)
-        RequestGuard.config = GuardConfig(self.keys, self.limiter, self.settings.max_body_bytes, _metrics.observe_request)
+        RequestGuard.config = GuardConfig(self.keys, self.limiter, guard.effective_cap(self.settings.max_body_bytes),
+                                          _metrics.observe_request)
         self.limits = DecodeLimits(max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels)
         self.thumbnails = Thumbnailer(self.settings.platform_settings().job.decode)
         self.decodes = DecodeGate(self.settings.max_concurrent_decodes)  # query images and thumbnail draws

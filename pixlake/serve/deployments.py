@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 # Small batches and a short wait: a lone query pays at most a few ms, a burst shares one forward pass.
 MAX_BATCH, BATCH_WAIT_S = 32, 0.005
+# How often each replica looks for erasures taken elsewhere, to evict what it caches.
+ERASURE_POLL_S = 1.0
 
 
 @serve.deployment(name="QueryEncoder", max_ongoing_requests=128)
@@ -76,6 +79,23 @@ class Searcher:
         # Across processes, Eraser.run's lock file does the same.
         self._erasing: set[str] = set()
         self._erasing_lock = threading.Lock()
+        threading.Thread(target=self._evict_erased, daemon=True, name="pixlake-erasure-poll").start()
+
+    def _evict_erased(self) -> None:
+        # Every replica polls the shared deny-list, so an erasure taken by any replica (or
+        # by `pixlake erase`) evicts the subject's data keys from this one's cache too.
+        while True:
+            time.sleep(ERASURE_POLL_S)
+            try:
+                self.collection.governance.sync_erasures()
+            except Exception:  # a poll that fails is retried at the next tick
+                log.exception("erasure poll failed")
+
+    def erasures_since(self, cursor: int) -> tuple[int, list[str]]:
+        """Tenants with a subject erased after ``cursor`` (0: ever), and the next cursor: the
+        ingress replicas poll it to drop their thumbnail caches."""
+        cursor, tenants = self.collection.governance.ledger.denied_since(cursor)
+        return cursor, sorted(tenants)
 
     def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:
         """Hits for one query vector in one tenant, under a structured metadata filter."""
@@ -133,9 +153,11 @@ class Searcher:
             return None
         return receipt if receipt["tenant"] == tenant else None
 
-    def describe(self) -> dict:
-        """Name, rows, model fingerprint, index type, encryption."""
-        return self.collection.describe()
+    def describe(self, tenant: str) -> dict:
+        """Name, the tenant's own row count, model fingerprint, index type, encryption."""
+        from pixlake.platform.store import build_filter
+
+        return {**self.collection.describe(), "rows": self.collection.store.count(build_filter(tenant))}
 
     def ready(self) -> bool:
         """Whether Milvus answers and the collection exists."""

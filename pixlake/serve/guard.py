@@ -18,7 +18,9 @@ The principal it authenticated rides in the ASGI scope to the handler
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from pixlake.serve.auth import KeyStore, Principal, RateLimiter, ServeError
 Scope = dict[str, Any]
 Message = dict[str, Any]
 PRINCIPAL = "pixlake.principal"  # ASGI scope key
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,3 +158,72 @@ async def _send_error(send, status: int, message: str, headers: dict) -> None:
     raw += [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+class ProxyBodyCap:
+    """ASGI middleware for Ray Serve's HTTP proxy: never read a body past the cap.
+
+    Serve's proxy reads a request body from the client as fast as it arrives and queues it
+    for the replica, with no backpressure, so the replica's cap alone bounds what the app
+    reads but not what the proxy buffers (a 300 MiB stream against a 16 MiB cap pulled
+    80-120 MiB into it before the replica's 413 got back). Here the proxy passes on the
+    chunk that crosses the cap (the replica's :class:`RequestGuard` answers 413 on seeing
+    it) and then reads nothing more: the client's sends back up into its own socket until
+    the answer comes and the proxy closes the request. The proxy never answers itself, so
+    the status stays the replica's: 401 for a bad key, whatever the body.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_body_bytes: int):
+        self.app, self.cap = app, max_body_bytes
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            if seen > self.cap:
+                await asyncio.Event().wait()  # read no more; cancelled when the request ends
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+            return message
+
+        await self.app(scope, capped, send)
+
+
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"  # read by every Serve proxy at start
+PROXY_CALLBACK = "pixlake.serve.guard:proxy_middlewares"
+PROXY_CAP_ENV = "PIXLAKE_MAX_BODY_BYTES"
+DEFAULT_PROXY_CAP = 16 * 1024 * 1024
+
+
+def proxy_middlewares() -> list:
+    """The Serve proxy's middlewares (Ray calls it in each proxy when ``PROXY_CALLBACK_ENV``
+    names it; Ray 2.60 took ``http_options.middlewares`` away): :class:`ProxyBodyCap` at
+    ``PIXLAKE_MAX_BODY_BYTES`` (default 16 MiB)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProxyBodyCap, max_body_bytes=proxy_cap() or DEFAULT_PROXY_CAP)]
+
+
+def proxy_cap() -> Optional[int]:
+    """The cap this cluster's Serve proxies apply, or None when they run without
+    :class:`ProxyBodyCap` (the environment Ray started with says which)."""
+    import os
+
+    if os.environ.get(PROXY_CALLBACK_ENV) != PROXY_CALLBACK:
+        return None
+    return int(os.environ.get(PROXY_CAP_ENV, DEFAULT_PROXY_CAP))
+
+
+def effective_cap(configured: int) -> int:
+    """The app's body cap: never above the proxy's, or a body between the two would wait
+    forever for bytes the proxy will not read."""
+    cap = proxy_cap()
+    if cap is not None and cap < configured:
+        log.warning("max_body_bytes %d is above the Serve proxy's cap %d (%s): using %d",
+                    configured, cap, PROXY_CAP_ENV, cap)
+        return cap
+    return configured

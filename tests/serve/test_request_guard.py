@@ -55,7 +55,7 @@ def test_a_valid_key_then_gets_the_validation_error(served):
 
 # --- the body cap holds on the stream ---------------------------------------------------------
 
-def _serve_processes() -> list[psutil.Process]:
+def serve_processes() -> list[psutil.Process]:
     """The Serve proxy and the ingress replica: the processes a request body reaches."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
@@ -65,7 +65,7 @@ def _serve_processes() -> list[psutil.Process]:
     return found
 
 
-def _stream(url: str, path: str, headers: dict, head: bytes, total: int, chunk: int = MB) -> tuple[int, int]:
+def stream_chunked(url: str, path: str, headers: dict, head: bytes, total: int, chunk: int = MB) -> tuple[int, int]:
     """POST a chunked body of ``total`` bytes (``head`` first, then zeros) with no declared
     length, stopping as soon as the server answers. Returns (status, bytes sent)."""
     u = urlparse(url)
@@ -115,13 +115,13 @@ CASES = {
 @pytest.mark.parametrize("kind", sorted(CASES))
 def test_streamed_bodies_are_cut_off_at_the_cap(served, kind):
     path, headers, head = CASES[kind]
-    processes = _serve_processes()
+    processes = serve_processes()
     assert processes, "found no Serve proxy or ingress process"
     before = _rss(processes)
     total = 300 * MB  # the fixture caps bodies at 2 MB
-    status, sent = _stream(served["url"], path, {**headers, **A}, head, total)
+    status, sent = stream_chunked(served["url"], path, {**headers, **A}, head, total)
     assert status == 413, (status, sent)
-    status_nokey, sent_nokey = _stream(served["url"], path, headers, head, total)
+    status_nokey, sent_nokey = stream_chunked(served["url"], path, headers, head, total)
     assert status_nokey == 401, (status_nokey, sent_nokey)
     # answered long before the client was done: neither request was read to its end
     assert sent < total and sent_nokey < total, (sent, sent_nokey)

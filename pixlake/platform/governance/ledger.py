@@ -80,6 +80,13 @@ class Ledger:
             cur = db.execute("INSERT OR IGNORE INTO denied VALUES (?, ?, ?, ?)", (tenant, subject, erasure_id, now()))
             return cur.rowcount == 1
 
+    def denied_since(self, cursor: int) -> tuple[int, set[str]]:
+        """Tenants given a deny-list entry after ``cursor`` (0: ever), and the cursor to pass
+        next time. Replicas poll it to drop what they cache of a subject erased elsewhere."""
+        with self._tx() as db:  # entries are never removed, so rowids only grow
+            rows = db.execute("SELECT rowid, tenant FROM denied WHERE rowid > ?", (cursor,)).fetchall()
+        return max([cursor, *(r[0] for r in rows)]), {r[1] for r in rows}
+
     def denied(self, tenant: str, subjects: Sequence[str]) -> set[str]:
         """The pseudonyms of ``subjects`` that are on the tenant's deny-list."""
         subjects = list(set(subjects))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,6 +116,8 @@ class Governance:
         self.ledger = Ledger(self.dir / "ledger.sqlite")
         self._ciphers: dict[tuple[str, int, float, int], VectorCipher] = {}
         self._data_keys: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (tenant, key_id) -> key, LRU
+        self._cache_lock = threading.Lock()  # a replica's erasure poller evicts while queries read
+        self._deny_cursor = self.ledger.denied_since(0)[0]  # the cache starts empty: nothing to evict yet
 
     @classmethod
     def open(cls, settings: Settings) -> "Governance":
@@ -185,25 +188,44 @@ class Governance:
 
     def _keys_by_id(self, tenant: str, key_ids: Sequence[str]) -> dict[str, bytes]:
         found, missing = {}, []
-        for key_id in set(key_ids):
-            if (tenant, key_id) in self._data_keys:
-                self._data_keys.move_to_end((tenant, key_id))
-                found[key_id] = self._data_keys[(tenant, key_id)]
-            else:
-                missing.append(key_id)
+        with self._cache_lock:
+            for key_id in set(key_ids):
+                if (tenant, key_id) in self._data_keys:
+                    self._data_keys.move_to_end((tenant, key_id))
+                    found[key_id] = self._data_keys[(tenant, key_id)]
+                else:
+                    missing.append(key_id)
         if missing:
             fetched = self.keys.keys_by_id(tenant, missing)
             found.update(fetched)
-            for key_id, key in fetched.items():
-                self._data_keys[(tenant, key_id)] = key
-            while len(self._data_keys) > self.settings.key_cache_size:
-                self._data_keys.popitem(last=False)
+            with self._cache_lock:
+                for key_id, key in fetched.items():
+                    self._data_keys[(tenant, key_id)] = key
+                while len(self._data_keys) > self.settings.key_cache_size:
+                    self._data_keys.popitem(last=False)
         return found
 
     def forget(self, tenant: str, key_ids: Sequence[str]) -> None:
         """Drop cached data keys (of an erased subject)."""
-        for key_id in key_ids:
-            self._data_keys.pop((tenant, key_id), None)
+        with self._cache_lock:
+            for key_id in key_ids:
+                self._data_keys.pop((tenant, key_id), None)
+
+    def cached_key_count(self, tenant: str) -> int:
+        """Data keys of ``tenant`` held in this process's cache."""
+        with self._cache_lock:
+            return sum(1 for t, _ in self._data_keys if t == tenant)
+
+    def sync_erasures(self) -> set[str]:
+        """Evict the cached data keys of every tenant with a subject put on the deny-list
+        since the last call, by any process (an erasure taken by another replica): the
+        cache maps key ids, not subjects, so the tenant's whole share goes. Returns those tenants."""
+        cursor, tenants = self.ledger.denied_since(self._deny_cursor)
+        with self._cache_lock:
+            self._deny_cursor = cursor
+            for key in [k for k in self._data_keys if k[0] in tenants]:
+                del self._data_keys[key]
+        return tenants
 
     def reveal(self, tenant: str, rows: Sequence[dict]) -> list[dict]:
         """Decrypt stored rows of one tenant: exact vectors, opened sources and sealed metadata.

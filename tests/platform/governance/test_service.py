@@ -116,3 +116,28 @@ def test_a_write_that_races_an_erasure_is_taken_back(tmp_path):
     finally:
         store.close()
         governance.close()
+
+
+def test_an_erasure_taken_by_another_process_evicts_this_ones_cached_data_keys(tmp_path):
+    """Two Serve replicas hold their own Governance over one directory: a subject erased
+    through one must not leave its data key readable in the other's memory."""
+    settings = _settings(tmp_path / "p.db")
+    replica, other = Governance.open(settings), Governance.open(settings)
+    try:
+        records = _records(replica, ["a", "b"])
+        version, cipher = replica.cipher("t", 8)
+        stored = protect_rows(records, version, cipher, replica.data_keys("t", [r[R.SUBJECT] for r in records]), [])
+        replica.reveal("t", stored)
+        replica.reveal("u", [])  # nothing of another tenant to keep
+        assert replica.cached_key_count("t") == 2
+        assert replica.sync_erasures() == set()  # nothing erased yet: the cache stays
+        assert replica.cached_key_count("t") == 2
+        other.ledger.deny("t", records[0][R.SUBJECT], "er_elsewhere")  # the erasure's first step, elsewhere
+        assert replica.sync_erasures() == {"t"}
+        assert replica.cached_key_count("t") == 0
+        assert replica.sync_erasures() == set()  # seen once
+        # the other subject still reads (its key comes back from the key store)
+        assert [r[R.ID] for r in replica.reveal("t", stored)] == [stored[1][R.ID]]
+    finally:
+        replica.close()
+        other.close()
