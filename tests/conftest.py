@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 # Every Serve proxy this session's Ray starts caps request bodies where it reads them, as
-# `pixlake serve` sets up (pixlake.serve.guard.ProxyBodyCap; 16 MiB, above every test's app cap).
+# `pixlake serve` sets up (pixlake.serve.guard.ProxyBodyCap; see ray_session for its cap).
 os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pixlake.serve.guard:proxy_middlewares")
 
+SERVED_MAX_BODY_BYTES = 2_000_000  # tests/serve/conftest.py's app
 TINY = ("pixlake-tiny", "none")  # (model, pretrained): registered bundled config, seeded random weights
 # The tiny model's random embeddings crowd together (mean pairwise cosine 0.88, nearest
 # neighbour at distance 0.06), so the default encryption noise (radius beta/4 = 0.25) would
@@ -35,7 +36,13 @@ def ray_session():
     import ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the proxies of this Ray cap bodies at the served app's cap (read when Ray starts them);
+    # subprocesses started later (`pixlake serve`) do not inherit it
+    os.environ["PIXLAKE_MAX_BODY_BYTES"] = str(SERVED_MAX_BODY_BYTES)
+    try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop("PIXLAKE_MAX_BODY_BYTES")
     yield ray
     ray.shutdown()
 

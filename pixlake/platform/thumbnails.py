@@ -116,11 +116,6 @@ class ThumbnailCache:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= len(evicted)
 
-    def __contains__(self, key: tuple) -> bool:
-        """Whether ``key`` is held (no hit or miss is counted)."""
-        with self._lock:
-            return key in self._entries
-
     def clear(self) -> int:
         """Drop every entry (an erasure: the cache does not know whose an entry is); returns how many."""
         with self._lock:
@@ -151,11 +146,8 @@ class Thumbnailer:
         self.reader = SourceReader(limits.max_bytes)
         self.cache = ThumbnailCache(cache_bytes)
 
-    def cached(self, content_hash: str, side: int) -> bool:
-        """Whether the thumbnail of this content at ``side`` is held (drawing it costs nothing)."""
-        return (content_hash, side) in self.cache
-
-    def draw(self, source: str, content_hash: str, side: int, keyed: Callable[[str], str]) -> bytes:
+    def draw(self, source: str, content_hash: str, side: int, keyed: Callable[[str], str],
+             on_draw: Optional[Callable[[int], None]] = None) -> bytes:
         """The JPEG thumbnail of a row's image (cached by content hash and side), drawn only
         from bytes at ``source`` whose keyed content hash is the row's ``content_hash``.
 
@@ -165,6 +157,8 @@ class Thumbnailer:
             side: the thumbnail's longest edge.
             keyed: the row's tenant's keyed hash of a plain SHA-256 hex digest
                 (:func:`~pixlake.platform.governance.cipher.keyed_content_hash` under its identity key).
+            on_draw: called with the source's size in bytes when the thumbnail is drawn rather
+                than found in the cache (what the draw cost: the ingress charges it to the key).
 
         Raises:
             SourceUnavailable: no bytes of the row's content at ``source`` (always :data:`NO_SOURCE`).
@@ -173,7 +167,10 @@ class Thumbnailer:
         key = (content_hash, side)
         thumb = self.cache.get(key)
         if thumb is None:
-            thumb = make_thumbnail(self._content(source, content_hash, keyed), side, self.limits)
+            data = self._content(source, content_hash, keyed)
+            if on_draw is not None:
+                on_draw(len(data))
+            thumb = make_thumbnail(data, side, self.limits)
             self.cache.put(key, thumb)
         return thumb
 

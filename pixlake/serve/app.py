@@ -27,7 +27,7 @@ from pixlake.platform.source_files import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
 from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, SIDES, Thumbnailer, ThumbnailError, ladder_side
 from pixlake.serve import guard
-from pixlake.serve.auth import KeyStore, RateLimiter, ServeError
+from pixlake.serve.auth import KeyStore, RateLimiter
 from pixlake.serve.config import ServeSettings
 from pixlake.serve.deployments import ERASURE_POLL_S, QueryEncoder, Searcher
 from pixlake.serve.guard import GuardConfig, RequestGuard, principal_of
@@ -58,9 +58,10 @@ _REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large"
 # load takes seconds) before the client gets a 503 with Retry-After.
 REPLICA_RETRY_S = 30.0
 # A results page fetches one thumbnail per hit: each lookup takes a tenth of a search's
-# rate-limit token, and drawing one that is not cached (a decode, like a search's work)
-# takes a whole token more.
-THUMBNAIL_COST, THUMBNAIL_DRAW_COST = 0.1, 1.0
+# rate-limit token, and drawing one that is not cached takes tokens by the bytes decoded,
+# a token per 2 MiB (a 3 MiB 12 MP JPEG draws in about the time of a search here; a demo
+# PNG costs a two-hundredth of a token).
+THUMBNAIL_COST, DRAW_BYTES_PER_TOKEN = 0.1, 2 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -82,8 +83,10 @@ async def _api_error(_: Request, e: ApiError) -> JSONResponse:
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
-    # FastAPI's own errors (unparseable body, unknown path, wrong method) get our error body too.
+async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+    # FastAPI's own errors (unparseable body, a body over the cap while it streams in, unknown
+    # path, wrong method) get our error body too; they happen before a route's handler runs.
+    _metrics.observe_request(getattr(request.scope.get("route"), "path", "unmatched"), request.method, e.status_code, 0.0)
     code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
             413: "payload_too_large"}.get(e.status_code, "http_error")
     return _error(e.status_code, code, str(e.detail), headers=getattr(e, "headers", None))
@@ -123,9 +126,6 @@ def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
                 return result
             except ApiError as e:
                 status = e.status
-                raise
-            except StarletteHTTPException as e:  # the body passed the cap while streaming in
-                status = e.status_code
                 raise
             finally:
                 _metrics.observe_request(route, request.method if request is not None else "GET", status,
@@ -196,13 +196,6 @@ class Ingress:
             self._info = await self._call(self.encoder.info)
             self._pil = self._info["preprocess"].pil_transform()
         return self._info
-
-    def _charge(self, principal, cost: float) -> None:
-        """Charge rate-limit tokens beyond the route's own (work decided by the request)."""
-        try:
-            self.limiter.check(principal.key_name, cost)
-        except ServeError as e:
-            raise ApiError(e.status_code, "rate_limited", e.message, e.headers) from e
 
     def _decode(self, data: bytes) -> np.ndarray:
         """Decode and prepare one query image (on a gate thread, never on the event loop)."""
@@ -298,7 +291,7 @@ class Ingress:
         The row is looked up in the key's tenant on every request, cached or not, so another
         tenant's item, or one whose subject is being erased, is a 404. Browsers revalidate
         (``no-cache`` with an ETag), so an erased item stops showing at once. Sizes round up
-        to a fixed ladder, and a draw (not a cached answer) costs a search's rate-limit token."""
+        to a fixed ladder, and a draw (not a cached answer) costs rate-limit tokens by the bytes decoded."""
         principal = principal_of(request.scope)
         side = ladder_side(size)
         item = await self._call(self.searcher.item, principal.tenant, item_id)
@@ -308,16 +301,17 @@ class Ingress:
                    "X-Content-Type-Options": "nosniff"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
-        if not self.thumbnails.cached(item["content_hash"], side):
-            self._charge(principal, THUMBNAIL_DRAW_COST)
         loop = asyncio.get_running_loop()
 
         def keyed(digest: str) -> str:  # on the draw's thread: the row's bytes or a 404 (Thumbnailer.draw)
             return asyncio.run_coroutine_threadsafe(
                 self._call(self.searcher.keyed_content_hash, principal.tenant, digest), loop).result()
 
+        def charge(source_bytes: int) -> None:  # a draw costs its decode: the key's next requests wait
+            self.limiter.debit(principal.key_name, source_bytes / DRAW_BYTES_PER_TOKEN)
+
         try:
-            data = await self.decodes.run(self.thumbnails.draw, item["source"], item["content_hash"], side, keyed)
+            data = await self.decodes.run(self.thumbnails.draw, item["source"], item["content_hash"], side, keyed, charge)
         except SourceUnavailable as e:
             raise ApiError(404, "source_unavailable", f"no source image to preview: {e}") from e
         except (SourceTooLarge, ThumbnailError) as e:

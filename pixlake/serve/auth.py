@@ -343,6 +343,16 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: dict[str, tuple[float, float]] = {}  # key name -> (tokens, last refill time)
 
+    def debit(self, key_name: str, cost: float) -> None:
+        """Take ``cost`` tokens for work already done (its size known only afterwards),
+        without refusing: the bucket may go below zero, and the key's next requests wait
+        until it refills."""
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(key_name, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
+            self._buckets[key_name] = (tokens - cost, now)
+
     def check(self, key_name: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens (one request's worth by default) from the key's bucket.
 

@@ -25,7 +25,7 @@ from pixlake.platform.source_files import (
     read_capped,
     split_location,
 )
-from pixlake.platform.thumbnails import NO_SOURCE, ThumbnailCache, Thumbnailer, ThumbnailError, make_thumbnail
+from pixlake.platform.thumbnails import NO_SOURCE, ThumbnailCache, Thumbnailer, ThumbnailError, ladder_side, make_thumbnail
 
 
 def _png(size=(300, 150), colour=(200, 30, 30)) -> bytes:
@@ -103,6 +103,24 @@ def test_thumbnailer_caches_by_content_hash_and_side(tmp_path, acme):
     assert thumbs.draw(str(path), row_hash(_png()), 64, keyed) == first and thumbs.cache.hits == 1
     with pytest.raises(SourceUnavailable):
         thumbs.draw(str(path), row_hash(_png()), 32, keyed)  # another side is another entry
+
+
+def test_a_draw_reports_the_bytes_it_decoded_and_a_cache_hit_nothing(tmp_path, acme):
+    keyed, row_hash = acme
+    path = tmp_path / "a.png"
+    path.write_bytes(_png())
+    thumbs, drawn = Thumbnailer(DecodeLimits()), []
+    thumbs.draw(str(path), row_hash(_png()), 64, keyed, drawn.append)
+    thumbs.draw(str(path), row_hash(_png()), 64, keyed, drawn.append)  # cached: no work, no charge
+    thumbs.draw(str(path), row_hash(_png()), 128, keyed, drawn.append)
+    assert drawn == [len(_png()), len(_png())]
+
+
+def test_thumbnail_sides_round_up_to_the_ladder():
+    assert [ladder_side(s) for s in (16, 64, 65, 200, 256, 257, 1000, 1024)] == [64, 64, 128, 256, 256, 512, 1024, 1024]
+    for bad in (15, 1025, 0):
+        with pytest.raises(ValueError):
+            ladder_side(bad)
 
 
 def test_thumbnail_is_drawn_only_from_the_rows_own_bytes(tmp_path, acme):

@@ -8,11 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TINY, TINY_BETA, tiny_settings
+from tests.conftest import SERVED_MAX_BODY_BYTES, TINY, TINY_BETA, tiny_settings
 
 KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
 LOAD_KEYS = [f"kl{i}" for i in range(6)]  # test_replica_faults.py's steady load: its own rate-limit buckets
-KEYS += ",kt:acme:search"  # test_request_guard.py's thumbnail-cost test: its own rate-limit bucket
 KEYS += "".join(f",{k}:{'acme' if i % 2 else 'globex'}:search" for i, k in enumerate(LOAD_KEYS))
 ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
 
@@ -47,7 +46,7 @@ def served(ray_session, tmp_path_factory):
     run_embed_job(str(root / "rows.parquet"), tiny_settings(db, allow_manifest_tenants=True))  # the manifest names tenants
     settings = ServeSettings(
         db=str(db), collection="images", model=TINY[0], pretrained=TINY[1], keys=parse_api_keys(KEYS),
-        rate_per_s=0.5, rate_burst=150, max_body_bytes=2_000_000, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
+        rate_per_s=0.5, rate_burst=150, max_body_bytes=SERVED_MAX_BODY_BYTES, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
         governance={"beta": TINY_BETA},
     )
     url = run.start(settings, "127.0.0.1", _free_port())

@@ -289,6 +289,21 @@ def test_rate_limiter_retry_after_is_ceiling_of_wait():
     assert info.value.retry_after_s == 1
 
 
+def test_a_debit_for_work_done_makes_the_next_requests_wait():
+    """A thumbnail draw is charged by its bytes after the fact: it never fails itself, but
+    a big one leaves the key in debt until the bucket refills past it."""
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=1.0, burst=10, clock=clock)
+    limiter.debit("a", 12.0)  # 10 - 12: two tokens of debt
+    limiter.debit("b", 0.005)  # another key's small draw
+    with pytest.raises(RateLimited) as info:
+        limiter.check("a", 0.1)
+    assert info.value.retry_after_s == 3  # 2.1 tokens at one a second
+    limiter.check("b", 9.9)  # the other key is untouched
+    clock.advance(2.2)
+    limiter.check("a", 0.1)
+
+
 def test_rate_limiter_fast_rate_retry_after_at_least_one():
     limiter = RateLimiter(rate_per_s=100, burst=1, clock=FakeClock())
     limiter.check("a")

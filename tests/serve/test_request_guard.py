@@ -179,22 +179,6 @@ def test_thumbnail_sizes_round_up_to_a_small_ladder(served):
     assert tags == {"64", "128", "256", "512", "1024"}
 
 
-def test_a_thumbnail_draw_costs_a_search_token(served):
-    """Key kt (burst 150, 0.5/s) draws every acme item at every ladder size: 100 draws at
-    1 + 0.1 tokens leave too few for 60 more requests, where 0.1 per draw would not."""
-    kt = {"Authorization": "Bearer kt"}
-    ids = _acme_ids(served)
-    assert len(ids) == 20
-    for item in ids:
-        for size in (64, 128, 256, 512, 1024):
-            resp = requests.get(f"{served['url']}/v1/items/{item}/thumbnail", params={"size": size}, headers=kt,
-                                timeout=30)
-            assert resp.status_code in (200, 429), resp.text
-    statuses = [requests.get(served["url"] + "/v1/collections", headers=kt, timeout=30).status_code
-                for _ in range(60)]
-    assert 429 in statuses, "100 thumbnail draws and 60 requests fit in a 150-token burst"
-
-
 def test_an_erasure_anywhere_empties_every_replicas_thumbnail_cache(served, tmp_path):
     """An erasure recorded by another process (here, the test itself, as `pixlake erase`
     or another replica would) reaches this replica's cache through its poll of the deny-list."""
