@@ -348,10 +348,15 @@ class RateLimiter:
         without refusing: the bucket may go below zero, and the key's next requests wait
         until it refills."""
         with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key_name, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
+            now, tokens = self._refilled(key_name)
             self._buckets[key_name] = (tokens - cost, now)
+
+    def _refilled(self, key_name: str) -> tuple[float, float]:
+        """(now, the key's tokens refilled up to now); the caller holds the lock."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key_name, (float(self.burst), now))
+        # max(0, ...) guards a clock that steps back (only possible with a fake clock)
+        return now, min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
 
     def check(self, key_name: str, cost: float = 1.0) -> None:
         """Take ``cost`` tokens (one request's worth by default) from the key's bucket.
@@ -365,10 +370,7 @@ class RateLimiter:
                 time until the next token, at least 1.
         """
         with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key_name, (float(self.burst), now))
-            # max(0, ...) guards a clock that steps back (only possible with a fake clock)
-            tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
+            now, tokens = self._refilled(key_name)
             if tokens + self._EPS >= cost:
                 self._buckets[key_name] = (tokens - cost, now)
                 return
