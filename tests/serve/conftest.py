@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import SERVED_MAX_BODY_BYTES, TINY, TINY_BETA, tiny_settings
 
-KEYS = "ka:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
+KEYS = "ka:acme:search+embed,kf:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
 LOAD_KEYS = [f"kl{i}" for i in range(6)]  # test_replica_faults.py's steady load: its own rate-limit buckets
 KEYS += "".join(f",{k}:{'acme' if i % 2 else 'globex'}:search" for i, k in enumerate(LOAD_KEYS))
 ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
