@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # A child process that opens the store and prints its row count. It waits at most 3 s for
 # a lock (not the store's default 30 s) so a lock that is never released fails quickly.
 CHILD_COUNT = (
-    "import pixlake.platform.store as S; S._LOCK_WAIT_S = 3.0; "
+    "import pixlake.platform.store as S, pixlake.platform.store.client as C; C._LOCK_WAIT_S = 3.0; "
     "s = S.MilvusStore({uri!r}, {collection!r}); print(s.count()); s.close()"
 )
 
@@ -447,25 +447,6 @@ class TestStoreConformance:
         store.upsert(rows + make_rows(2, tenant="plain"))
         assert store.count(build_filter(tenant=value)) == 1
         assert store.count(build_filter(meta={"label": value})) == 1
-
-    @pytest.mark.parametrize("key", ['colour"] == "red" or meta["x', "a b", "1abc", "", "k.x", "x" * 65, "ключ"])
-    def test_bad_meta_key(self, key: str):
-        with pytest.raises(ConfigError):
-            build_filter(meta={key: "x"})
-
-    @pytest.mark.parametrize("value", [{"a": 1}, None, b"bytes", [{"a": 1}], object()])
-    def test_bad_meta_value(self, value):
-        with pytest.raises(ConfigError):
-            build_filter(meta={"k": value})
-
-    def test_build_filter_shapes(self):
-        assert build_filter() == ""
-        assert build_filter(meta={}) == ""
-        assert build_filter(tenant="t") == 'tenant == "t"'
-        assert build_filter(tenant="t", meta={"a": 1, "b": False, "c": "x"}) == (
-            'tenant == "t" and meta["a"] == 1 and meta["b"] == false and meta["c"] == "x"'
-        )
-        assert build_filter(tenant='q"\\') == 'tenant == "q\\"\\\\"'
 
     # delete -------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -20,6 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, PixlakeError, StoreError
+from pixlake.platform.store.filters import literal
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ LITE, SERVER = "milvus-lite", "milvus-server"
 FAULT_ENV = "PIXLAKE_FAULT_STORE"  # tests: a crash point, see _fault
 METRIC = "COSINE"
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
-_META_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 _LOCK_WAIT_S = 30.0
 DEFAULT_RETRY_DEADLINE_S = 120.0
 # Open MilvusStore objects per milvus-lite path in this process (they share one server).
@@ -108,84 +107,6 @@ def choose_index(backend: str, plan: Optional[Mapping[str, Any]] = None) -> Inde
                            f"planned: {plan['bytes_per_vector']} bytes/vector, recall@{plan['k']} after re-rank "
                            f"x{plan['rerank_factor']} {recall}", plan["rerank_factor"])
     return IndexChoice("HNSW", hnsw, {"ef": 128}, "no index plan; IVF_PQ needs planned parameters (pixlake plan-index)")
-
-
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"}
-
-
-# Bounds of a structured filter (documented in docs/security.md): a filter is a request's
-# input, and each key or value becomes part of a Milvus expression the server parses.
-MAX_FILTER_KEYS, MAX_FILTER_VALUES, MAX_FILTER_STRING = 16, 100, 1024
-_INT64 = 2 ** 63
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tab, newline and return round-trip
-
-
-def literal(value: Any) -> str:
-    """A Milvus expression literal for a scalar, escaped.
-
-    Raises:
-        ConfigError: not a scalar, a non-finite or out-of-range number, or a string that is
-            too long or holds control characters other than tab, newline and carriage return.
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        if not -_INT64 <= value < _INT64:
-            raise ConfigError(f"filter value {value}: outside the 64-bit integer range")
-        return repr(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"filter value {value!r}: not a finite number")
-        return repr(value)
-    if isinstance(value, str):
-        if len(value) > MAX_FILTER_STRING:
-            raise ConfigError(f"filter value: longer than {MAX_FILTER_STRING} characters")
-        if _CONTROL.search(value):
-            raise ConfigError(f"filter value {value!r}: control characters other than tab, newline and return")
-        # Milvus string literals know only these escapes (no \uXXXX): everything else,
-        # non-ASCII included, goes in verbatim.
-        return '"' + "".join(_ESCAPES.get(c, c) for c in value) + '"'
-
-    raise ConfigError(f"filter value {value!r}: expected a string, number or boolean")
-
-
-def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]] = None,
-                 subject: Optional[str] = None) -> str:
-    """Turn structured filters into a Milvus boolean expression, escaping every value.
-
-    Args:
-        tenant: confine to this tenant.
-        meta: ``{key: value}`` equality (or ``{key: [v1, v2]}`` membership) on the ``meta`` JSON field.
-        subject: confine to this subject pseudonym.
-
-    Returns:
-        The expression; ``""`` when there is nothing to filter.
-
-    Raises:
-        ConfigError: a key is not a plain identifier or a value is not a scalar.
-    """
-    parts = []
-    if tenant is not None:
-        parts.append(f"{R.TENANT} == {literal(tenant)}")
-    if subject is not None:
-        parts.append(f"{R.SUBJECT} == {literal(subject)}")
-    if meta and len(meta) > MAX_FILTER_KEYS:
-        raise ConfigError(f"filter: {len(meta)} keys, at most {MAX_FILTER_KEYS}")
-    for key, value in (meta or {}).items():
-        if not isinstance(key, str) or not _META_KEY.fullmatch(key):  # fullmatch: `$` would let "a\n" through
-            raise ConfigError(f"filter key {key!r}: letters, digits, '_' and '-' only")
-        field = f'{R.META}["{key}"]'
-        if isinstance(value, (list, tuple)):
-            # milvus-lite takes `in` only on plain fields; an OR-chain works on JSON keys
-            # everywhere, and the brackets keep it from widening the surrounding `and`.
-            if not value:
-                raise ConfigError(f"filter key {key!r}: empty list matches nothing")
-            if len(value) > MAX_FILTER_VALUES:
-                raise ConfigError(f"filter key {key!r}: {len(value)} values, at most {MAX_FILTER_VALUES}")
-            parts.append("(" + " or ".join(f"{field} == {literal(v)}" for v in value) + ")")
-        else:
-            parts.append(f"{field} == {literal(value)}")
-    return " and ".join(parts)
 
 
 # A Milvus server that is down or restarting: the client cannot connect (code 2), or the
