@@ -59,7 +59,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         SourceError, ModelError, StoreError, ConfigError: before any work starts, with a
             one-line message.
     """
-    import ray
+    import ray.data
 
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -119,7 +119,7 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
                 },
                 batch_size=settings.job.batch_size,
                 batch_format="pyarrow",
-                concurrency=actors,
+                compute=ray.data.ActorPoolStrategy(size=actors),  # `concurrency=` is deprecated since Ray 2.51
                 num_gpus=1 if gpus else 0,
                 # On CPU the actor's torch threads use the cores regardless of its
                 # reservation; a fractional one also keeps Ray from fusing decode into the
