@@ -12,7 +12,7 @@ DEMO_OUT ?= demo-output
 DEMO_TRAIN_N ?= 20000
 DEMO_TRAIN_EPOCHS ?= 10
 
-.PHONY: install test demo demo-model bench clean
+.PHONY: install test test-fast demo demo-model bench clean
 
 install: $(STAMP)
 
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(STAMP)
 
+# The whole suite: what CI runs (.ci/run).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=60 tests
+	$(BIN)/python -m pytest -q --durations=30 tests
+
+# Everyday tier: no Ray cluster, Serve app, Milvus server or subprocess (tests/conftest.py
+# fails a test of this tier that starts one).
+test-fast: $(STAMP)
+	PIXLAKE_TEST_TIER=fast $(BIN)/python -m pytest -q -m "not slow" --durations=15 tests
 
 # The whole platform on the embedded default: corpus -> Ray embed job -> evaluation ->
 # Ray Serve HTTP queries -> clean shutdown (pixlake/jobs/demo.py).

@@ -1,9 +1,17 @@
 """Shared fixtures: a tiny open_clip model with seeded random weights, synthetic corpora,
-milvus-lite under tmp_path, and one local Ray instance per test session."""
+milvus-lite under tmp_path, one local Ray instance and one Milvus server per test session.
+
+Tiers: a test that starts Ray, a Serve app, a Milvus server or a subprocess is ``slow``
+(marked here from the fixtures it uses, or by its module's ``pytestmark``); ``make test-fast``
+runs the rest with PIXLAKE_TEST_TIER=fast, where starting any of those fails the test, so an
+unmarked heavy test cannot slip into the fast tier.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +28,78 @@ TINY = ("pixlake-tiny", "none")  # (model, pretrained): registered bundled confi
 # embeddings (nearest neighbour at 0.62) are tested at the default beta.
 TINY_BETA = 0.05
 TINY_ENV = {"PIXLAKE_GOVERNANCE__BETA": str(TINY_BETA)}
+
+
+# Using any of these fixtures (directly or through another fixture) makes a test slow.
+SLOW_FIXTURES = frozenset({"ray_session", "served", "milvus_server", "milvus_server_process"})
+FAST_TIER = os.environ.get("PIXLAKE_TEST_TIER") == "fast"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that need a Ray cluster, a Serve app or a Milvus server ``slow``."""
+    for item in items:
+        # "[milvus-server": a case parametrized onto the server backend, which a fixture
+        # requests at run time (tests/platform/test_store_conformance.py)
+        if (SLOW_FIXTURES.intersection(item.fixturenames) or "tests/e2e/" in item.nodeid
+                or "[milvus-server" in item.nodeid):
+            item.add_marker(pytest.mark.slow)
+
+
+class SlowTierOnly(RuntimeError):
+    """A fast-tier test started something only the slow tier may start."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_guard(request, monkeypatch):
+    """In the fast tier, starting Ray, a Milvus server or a subprocess fails the test."""
+    if not FAST_TIER or request.node.get_closest_marker("slow"):
+        yield
+        return
+
+    def refuse(what):
+        def _refused(*args, **kwargs):
+            raise SlowTierOnly(f"{request.node.nodeid} starts {what}: mark it slow (pytest.mark.slow)")
+        return _refused
+
+    import ray
+    import ray._private.worker as ray_worker
+
+    monkeypatch.setattr(ray, "init", refuse("Ray"))
+    monkeypatch.setattr(ray_worker, "init", refuse("Ray"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
+    try:
+        from milvus import MilvusServer
+    except ImportError:  # pragma: no cover - the package is pinned in the test extras
+        pass
+    else:
+        monkeypatch.setattr(MilvusServer, "start", refuse("a Milvus server"))
+    yield
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a CLI subprocess: without RAY_ADDRESS (so it starts its
+    own Ray rather than joining a cluster the caller's shell names), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(extra)
+    return env
+
+
+def run_cli(*argv: str) -> int:
+    """``pixlake *argv`` in this process (its output goes to capsys); the exit code, as the
+    console script would exit with it (argparse's usage errors included)."""
+    from pixlake.cli import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -146,6 +146,7 @@ def auth_mode_of_ray_start(node: str, env: dict, home: Path) -> str:
     return done.stdout.strip() if done.returncode == 0 else f"refused: {done.stderr.strip().splitlines()[-1]}"
 
 
+@pytest.mark.slow  # a Python subprocess per node: Ray reads the token mode once per process
 def test_every_node_starts_ray_with_token_auth_and_the_synced_token(tmp_path):
     config = load_config()
     # The token of the machine that runs `ray up` reaches every node at Ray's default path.

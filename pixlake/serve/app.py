@@ -136,6 +136,24 @@ def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
     return wrap
 
 
+async def call_replica(method, *args: Any, retry_s: float = REPLICA_RETRY_S) -> Any:
+    """``await method.remote(*args)``, retried while the replica behind it is dead or
+    restarting (Serve replaces it): a killed replica costs a client latency, not an error.
+    Only reads go through here (searches, embeddings, descriptions), so a retry never
+    repeats an effect. Still unavailable after ``retry_s``: a 503."""
+    deadline, backoff = time.monotonic() + retry_s, 0.05
+    while True:
+        try:
+            return await method.remote(*args)
+        except RayActorError as e:
+            if time.monotonic() >= deadline:
+                raise ApiError(503, "unavailable", f"a serving replica is restarting: {type(e).__name__}; retry",
+                               {"Retry-After": "5"}) from e
+            _metrics.observe_replica_retry(method.deployment_name)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=256)
 @serve.ingress(api)
 class Ingress:
@@ -158,24 +176,6 @@ class Ingress:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    @staticmethod
-    async def _call(method, *args: Any) -> Any:
-        """``await method.remote(*args)``, retried while the replica behind it is dead or
-        restarting (Serve replaces it): a killed replica costs a client latency, not an
-        error. Only reads go through here (searches, embeddings, descriptions), so a
-        retry never repeats an effect. Still unavailable after REPLICA_RETRY_S: a 503."""
-        deadline, backoff = time.monotonic() + REPLICA_RETRY_S, 0.05
-        while True:
-            try:
-                return await method.remote(*args)
-            except RayActorError as e:
-                if time.monotonic() >= deadline:
-                    raise ApiError(503, "unavailable", f"a serving replica is restarting: {type(e).__name__}; retry",
-                                   {"Retry-After": "5"}) from e
-                _metrics.observe_replica_retry(method.deployment_name)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
-
     async def _evict_erased(self) -> None:
         """Drop this replica's thumbnail cache whenever a subject is erased, through any
         replica: the cache is keyed by content, not subject, so all of it goes."""
@@ -193,7 +193,7 @@ class Ingress:
 
     async def _model(self) -> dict:
         if self._info is None:
-            self._info = await self._call(self.encoder.info)
+            self._info = await call_replica(self.encoder.info)
             self._pil = self._info["preprocess"].pil_transform()
         return self._info
 
@@ -218,10 +218,10 @@ class Ingress:
         await self._model()
         vectors = []
         if text is not None:
-            vectors.append(await self._call(self.encoder.embed_text, text))
+            vectors.append(await call_replica(self.encoder.embed_text, text))
         if image is not None:
             pixels = await self.decodes.run(self._decode, image)
-            vectors.append(await self._call(self.encoder.embed_pixels, pixels))
+            vectors.append(await call_replica(self.encoder.embed_pixels, pixels))
         return vectors
 
     async def _search(self, principal, vector: np.ndarray, k: int, filter: Optional[dict], collection: Optional[str]) -> list[dict]:
@@ -232,7 +232,7 @@ class Ingress:
         except PixlakeError as e:
             raise ApiError(422, "invalid_request", f"filter: {e}") from e
         # the key's tenant, whatever the request says
-        return await self._call(self.searcher.search, vector, k, principal.tenant, filter)
+        return await call_replica(self.searcher.search, vector, k, principal.tenant, filter)
 
     def _respond(self, hits: list[dict], started: float) -> SearchResponse:
         took_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -274,7 +274,7 @@ class Ingress:
     @observed("/v1/collections", "search")
     async def collections(self, request: Request) -> CollectionsResponse:
         """Served collections with row counts, encoder fingerprint and index type."""
-        d = await self._call(self.searcher.describe, principal_of(request.scope).tenant)
+        d = await call_replica(self.searcher.describe, principal_of(request.scope).tenant)
         return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], version=d["version"], rows=d["rows"],
                                                                model=d["model"],
                                                                index_type=d["index_type"], encryption=d["encryption"])])
@@ -294,7 +294,7 @@ class Ingress:
         to a fixed ladder, and a draw (not a cached answer) costs rate-limit tokens by the bytes decoded."""
         principal = principal_of(request.scope)
         side = ladder_side(size)
-        item = await self._call(self.searcher.item, principal.tenant, item_id)
+        item = await call_replica(self.searcher.item, principal.tenant, item_id)
         if item is None:
             raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
         headers = {"ETag": f'"{item["content_hash"][:32]}-{side}"', "Cache-Control": "private, no-cache",
@@ -305,7 +305,7 @@ class Ingress:
 
         def keyed(digest: str) -> str:  # on the draw's thread: the row's bytes or a 404 (Thumbnailer.draw)
             return asyncio.run_coroutine_threadsafe(
-                self._call(self.searcher.keyed_content_hash, principal.tenant, digest), loop).result()
+                call_replica(self.searcher.keyed_content_hash, principal.tenant, digest), loop).result()
 
         def charge(source_bytes: int) -> None:  # a draw costs its decode: the key's next requests wait
             self.limiter.debit(principal.key_name, source_bytes / DRAW_BYTES_PER_TOKEN)

@@ -99,14 +99,12 @@ class _DyingThenBack:
         return answer()
 
 
-def test_a_call_in_flight_when_its_replica_dies_is_retried_then_answered_or_503(monkeypatch):
+def test_a_call_in_flight_when_its_replica_dies_is_retried_then_answered_or_503():
     import asyncio
 
     from pixlake.serve import app
 
-    call = app.Ingress.func_or_class._call
-    assert asyncio.run(call(_DyingThenBack(3), 7)) == ("answer", 7)
-    monkeypatch.setattr(app, "REPLICA_RETRY_S", 0.3)
+    assert asyncio.run(app.call_replica(_DyingThenBack(3), 7)) == ("answer", 7)
     with pytest.raises(app.ApiError) as e:
-        asyncio.run(call(_DyingThenBack(10**6), 7))
+        asyncio.run(app.call_replica(_DyingThenBack(10**6), 7, retry_s=0.3))
     assert (e.value.status, e.value.code, e.value.headers.get("Retry-After")) == (503, "unavailable", "5")
