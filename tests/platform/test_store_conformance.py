@@ -22,6 +22,7 @@ import pytest
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, StoreError
 from pixlake.platform.images import content_hash
+from pixlake.platform.index_plan import IndexPlan
 from pixlake.platform.store import (
     LITE,
     SERVER,
@@ -39,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # A child process that opens the store and prints its row count. It waits at most 3 s for
 # a lock (not the store's default 30 s) so a lock that is never released fails quickly.
 CHILD_COUNT = (
-    "import pixlake.platform.store as S, pixlake.platform.store.client as C; C._LOCK_WAIT_S = 3.0; "
+    "import pixlake.platform.store as S, pixlake.platform.store.backends as B; B.LOCK_WAIT_S = 3.0; "
     "s = S.MilvusStore({uri!r}, {collection!r}); print(s.count()); s.close()"
 )
 
@@ -509,7 +510,46 @@ class TestStoreConformance:
             other.drop()
             other.close()
 
+    # the database around the collection ---------------------------------------------------
+
+    def test_other_collections_renames_and_aliases(self, store: MilvusStore):
+        rows = make_rows(3, seed=4)
+        store.upsert(rows)
+        first, renamed, alias = f"{store.collection}_v2", f"{store.collection}_v3", f"{store.collection}_live"
+        with store.for_collection(first) as other:
+            other.ensure_collection(DIM, MODEL)
+            other.upsert(rows[:1])
+        try:
+            assert {store.collection, first} <= set(store.collections())
+            seen = {s.collection: s.count() for s in store.each_collection()}
+            assert seen[store.collection] == 3 and seen[first] == 1
+            store.rename(first, renamed)
+            assert not store.exists(first) and store.exists(renamed)
+            assert store.alias_target(alias) is None
+            store.point_alias(alias, store.collection)
+            assert store.alias_target(alias) == store.collection and store.exists(alias)
+            store.point_alias(alias, renamed)  # switched in one step
+            assert store.alias_target(alias) == renamed
+            assert alias not in store.collections()
+        finally:
+            if store.alias_target(alias) is not None:
+                store._client.drop_alias(alias)
+            with store.for_collection(renamed) as other:
+                other.drop()
+
     # close --------------------------------------------------------------------------------
+
+    def test_a_store_is_a_context_manager(self, backend: Backend):
+        with backend.open() as s:
+            s.ensure_collection(DIM, MODEL)
+            s.upsert(make_rows(2))
+        assert s._closed
+        with pytest.raises(RuntimeError):
+            with backend.open() as again:
+                assert again.count() == 2
+                raise RuntimeError("the block fails")
+        assert again._closed  # closed on the way out of a failing block too
+        s.close()  # and a close after the block is harmless
 
     def test_close_twice_then_reopen_releases(self, backend: Backend):
         s = backend.open()
@@ -663,8 +703,9 @@ def test_a_server_builds_the_planned_ivf_pq_over_every_row(milvus_server, tmp_pa
 def test_index_choice():
     assert choose_index(LITE).index_type == "HNSW"
     assert choose_index(SERVER).index_type != "IVF_PQ"  # never a PQ code chosen blind
-    assert choose_index(LITE, PLAN).index_type == "HNSW"  # milvus-lite would not build it
-    planned = choose_index(SERVER, PLAN)
+    plan = IndexPlan(**PLAN)
+    assert choose_index(LITE, plan).index_type == "HNSW"  # milvus-lite would not build it
+    planned = choose_index(SERVER, plan)
     assert (planned.index_type, planned.params, planned.search_params) == ("IVF_PQ", PLAN["params"], {"nprobe": 16})
 
 

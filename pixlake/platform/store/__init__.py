@@ -1,31 +1,21 @@
 """The Milvus store: one collection of pixlake records, milvus-lite to a cluster.
 
-Modules: :mod:`~pixlake.platform.store.filters` (the filter language),
-:mod:`~pixlake.platform.store.client` (the :class:`MilvusStore` facade).
+- :mod:`.client`: :class:`MilvusStore`, the facade (its docstring lists the interface);
+  :mod:`.admin`: the database around its collection (other collections, aliases, compaction);
+- :mod:`.filters`: the filter language (:func:`build_filter`, :func:`literal`), pure functions;
+- :mod:`.index`: which vector index a collection gets, from an index plan;
+- :mod:`.schema`: the record schema of a collection;
+- :mod:`.retry`: which errors retry a Milvus server that is away, and for how long;
+- :mod:`.backends`: which backend a URI names, and milvus-lite's file and process.
+
 Every name other code imports from ``pixlake.platform.store`` is re-exported here.
 """
 
-from pixlake.platform.store.client import (
-    DEFAULT_RETRY_DEADLINE_S,
-    FAULT_ENV,
-    LITE,
-    MAX_TOPK,
-    METRIC,
-    SERVER,
-    IndexChoice,
-    MilvusStore,
-    backend_of,
-    check_db_location,
-    choose_index,
-    transient,
-)
-from pixlake.platform.store.filters import (
-    MAX_FILTER_KEYS,
-    MAX_FILTER_STRING,
-    MAX_FILTER_VALUES,
-    build_filter,
-    literal,
-)
+from pixlake.platform.store.backends import LITE, SERVER, backend_of, check_db_location
+from pixlake.platform.store.client import FAULT_ENV, MilvusStore
+from pixlake.platform.store.filters import MAX_FILTER_KEYS, MAX_FILTER_STRING, MAX_FILTER_VALUES, build_filter, literal
+from pixlake.platform.store.index import MAX_TOPK, METRIC, IndexChoice, choose_index
+from pixlake.platform.store.retry import DEFAULT_RETRY_DEADLINE_S, transient
 
 __all__ = [
     "DEFAULT_RETRY_DEADLINE_S", "FAULT_ENV", "LITE", "MAX_FILTER_KEYS", "MAX_FILTER_STRING", "MAX_FILTER_VALUES",

@@ -1,0 +1,76 @@
+"""Which backend a ``--db`` names, and what milvus-lite needs beside the client.
+
+milvus-lite runs in-process: its path must be writable, one process holds its file lock,
+and the per-path server it starts outlives the client, so the store counts its openers
+here and releases the server when the last one closes. A Milvus server needs none of
+this; what it needs instead (retrying while it is away) is :mod:`.retry`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from pixlake.platform.errors import ConfigError, StoreError
+
+LITE, SERVER = "milvus-lite", "milvus-server"
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
+# How long opening milvus-lite waits for another process (a job's store actor still
+# exiting) to release the file lock. Read at call time: tests shorten it.
+LOCK_WAIT_S = 30.0
+# Open stores per milvus-lite path in this process (they share one in-process server).
+_lite_users: Counter[str] = Counter()
+
+
+def backend_of(uri: str) -> str:
+    """Tell milvus-lite paths from server URIs.
+
+    Raises:
+        ConfigError: neither a ``.db`` path nor a server URI.
+    """
+    if uri.startswith(_SERVER_SCHEMES):
+        return SERVER
+    if uri.endswith(".db") and "://" not in uri:
+        return LITE
+    raise ConfigError(f"--db {uri!r}: expected a milvus-lite path ending in .db or a server URI like http://host:19530")
+
+
+def check_db_location(uri: str) -> None:
+    """Fail early and clearly when a milvus-lite path cannot be created or written.
+
+    Raises:
+        ConfigError: ``uri`` is neither a ``.db`` path nor a server URI.
+        StoreError: the directory cannot be created or written.
+    """
+    if backend_of(uri) != LITE:
+        return
+
+    parent = Path(uri).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"cannot create the directory of --db {uri}: {e.strerror or e}") from e
+    if not os.access(parent, os.W_OK):
+        raise StoreError(f"--db {uri}: directory {parent} is not writable")
+
+
+def _lite_path(uri: str) -> str:
+    return str(Path(uri).expanduser().resolve())
+
+
+def lite_opened(uri: str) -> None:
+    """Count one more open store on the milvus-lite database ``uri`` in this process."""
+    _lite_users[_lite_path(uri)] += 1
+
+
+def lite_closed(uri: str) -> None:
+    """Count one store closed; the last one releases milvus-lite's in-process server and
+    its file lock (closing a client alone leaves them until the process exits, and other
+    processes then could not open the database)."""
+    path = _lite_path(uri)
+    _lite_users[path] -= 1
+    if _lite_users[path] == 0:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
