@@ -1,4 +1,4 @@
-"""Flags and error handling shared by the job entrypoints and the CLI."""
+"""Flags, settings and output shared by the job entrypoints and the CLI."""
 
 from __future__ import annotations
 
@@ -7,20 +7,44 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config``: pixlake's YAML settings file, the same file for every command."""
+    parser.add_argument("--config", type=Path,
+                        help="YAML settings file (flags override it, it overrides the environment and defaults)")
 
 
 def add_store_flags(parser: argparse.ArgumentParser) -> None:
     """``--db``, ``--collection`` and ``--config``."""
     parser.add_argument("--db", help="milvus-lite path (default ./pixlake.db) or Milvus server URI http://host:19530")
     parser.add_argument("--collection", help="collection name (default 'images')")
-    parser.add_argument("--config", type=Path, help="YAML settings file (flags override it, it overrides defaults)")
+    add_config_flag(parser)
 
 
 def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     """``--model`` and ``--pretrained``."""
     parser.add_argument("--model", help="open_clip model name (default ViT-B-32)")
     parser.add_argument("--pretrained", help="open_clip tag, local checkpoint path, or 'none' for random weights")
+
+
+def settings_from_flags(args: argparse.Namespace, **sections: dict[str, Any]):
+    """A command's :class:`~pixlake.platform.settings.Settings`: its flags over ``--config``, the
+    ``PIXLAKE_`` environment and defaults.
+
+    ``--db``, ``--collection``, ``--model`` and ``--pretrained`` are read where the command has
+    them; ``sections`` (``store={"index_plan": ...}``) add or replace overrides, a ``None``
+    value leaving that field to the lower layers."""
+    from pixlake.platform.settings import load_settings
+
+    overrides: dict[str, dict[str, Any]] = {
+        "store": {"db": getattr(args, "db", None), "collection": getattr(args, "collection", None)},
+        "encoder": {"model": getattr(args, "model", None), "pretrained": getattr(args, "pretrained", None)},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_settings(getattr(args, "config", None), overrides)
 
 
 # Where emit() writes while run_main has sent sys.stdout to stderr; None outside run_main.
@@ -57,7 +81,7 @@ def run_main(body: Callable[[], int]) -> int:
 
 
 def validated(model: type, values: dict):
-    """Build a pydantic settings model from flags; the first invalid field becomes a ConfigError."""
+    """Build a pydantic model from flags; the first invalid field becomes a ConfigError."""
     from pydantic import ValidationError
 
     from pixlake.platform.errors import ConfigError

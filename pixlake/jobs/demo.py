@@ -17,17 +17,16 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
 
-from pixlake.jobs.common import emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import emit
 
 DEMO_KEY = "demo-key"
 TEXT_QUERIES = ("show me a red star", "find the blue circles", "i am looking for a yellow triangle on a black background")
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+def add_flags(parser: argparse.ArgumentParser) -> None:
     """Flags of the demo."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.demo", description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("demo-data"), help="corpus directory (default demo-data)")
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="reports directory (default demo-output)")
     parser.add_argument("--db", default="./pixlake.db", help="milvus-lite path (default ./pixlake.db)")
@@ -35,7 +34,18 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1; the demo model trained on seed 0)")
     parser.add_argument("--model", default="pixlake-demo", help="open_clip model (default pixlake-demo)")
     parser.add_argument("--pretrained", default="bundled", help="weights (default: the bundled demo model)")
-    return parser
+
+
+class DemoConfig(JobConfig):
+    """Where the corpus, the reports and the database go; the corpus and the model."""
+
+    data: Path = Path("demo-data")
+    out: Path = Path("demo-output")
+    db: str = "./pixlake.db"
+    n: int = 1000
+    seed: int = 1
+    model: str = "pixlake-demo"
+    pretrained: str = "bundled"
 
 
 def _free_port() -> int:
@@ -97,7 +107,7 @@ def _erasure(url: str, image: Path, subject: str) -> None:
     _show(f"image -> image again: {image.name} (its subject is erased: it must not come back)", again)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: DemoConfig) -> int:
     """Run the demo; returns the exit code."""
     import pyarrow.parquet as pq
     import ray
@@ -111,23 +121,23 @@ def run(args: argparse.Namespace) -> int:
     from pixlake.serve.config import ServeSettings
 
     started = time.monotonic()
-    settings = load_settings(overrides={"store": {"db": args.db, "collection": "images"},
-                                        "encoder": {"model": args.model, "pretrained": args.pretrained}})
-    emit(f"== 1. corpus: {args.n} captioned synthetic images (seed {args.seed}) -> {args.data}")
-    images = write_corpus(args.data, args.n, seed=args.seed, holdout=1.0)  # all unseen by the model: all holdout
-    manifest = args.data / MANIFEST
+    settings = load_settings(overrides={"store": {"db": config.db, "collection": "images"},
+                                        "encoder": {"model": config.model, "pretrained": config.pretrained}})
+    emit(f"== 1. corpus: {config.n} captioned synthetic images (seed {config.seed}) -> {config.data}")
+    images = write_corpus(config.data, config.n, seed=config.seed, holdout=1.0)  # all unseen by the model: all holdout
+    manifest = config.data / MANIFEST
 
-    emit(f"\n== 2. Ray embed job: {manifest} -> {args.db} with {args.model} ({args.pretrained})")
+    emit(f"\n== 2. Ray embed job: {manifest} -> {config.db} with {config.model} ({config.pretrained})")
     emit(run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
-        update={"report": args.out / "embed-report.json"})})).summary())
+        update={"report": config.out / "embed-report.json"})})).summary())
 
     emit("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
     result = evaluate(str(manifest), settings)
-    table = save(result, args.out / "evaluation.json", args.out / "evaluation.md")
+    table = save(result, config.out / "evaluation.json", config.out / "evaluation.md")
     emit(table)
 
     emit("\n== 4. Ray Serve HTTP API on loopback")
-    serve = ServeSettings(db=args.db, collection="images", model=args.model, pretrained=args.pretrained,
+    serve = ServeSettings(db=config.db, collection="images", model=config.model, pretrained=config.pretrained,
                           keys=parse_api_keys(f"{DEMO_KEY}:default:search+embed+erase"))
     try:
         url = serve_run.start(serve, "127.0.0.1", _free_port())
@@ -139,15 +149,13 @@ def run(args: argparse.Namespace) -> int:
         serve_run.stop()
         ray.shutdown()
 
-    emit(f"\n== 6. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {args.model} "
-         f"on {result['rows']} unseen images ({args.out / 'evaluation.json'}):\n\n{table}")
+    emit(f"\n== 6. done in {time.monotonic() - started:.0f} s; shut down. Search quality of {config.model} "
+         f"on {result['rows']} unseen images ({config.out / 'evaluation.json'}):\n\n{table}")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.demo``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("demo", "the whole platform on one machine", __name__, add_flags, DemoConfig.of, run, verbose=True)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

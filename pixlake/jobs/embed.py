@@ -9,14 +9,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the embed job (also mounted as ``pixlake embed``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.embed", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the embed job."""
     parser.add_argument("source", help="folder, glob, Parquet file/dataset or WebDataset .tar shards; local or s3://, gs://, file://")
     add_store_flags(parser)
     add_encoder_flags(parser)
@@ -34,40 +34,41 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         help="write the run's Prometheus metrics here (node_exporter textfile collector, Pushgateway)")
     parser.add_argument("--no-encryption", action="store_true",
                         help="opt out of vector encryption and source sealing (rows stored in plaintext)")
-    return parser
 
 
-def settings_of(args: argparse.Namespace):
+def settings_of(args: argparse.Namespace) -> Settings:
     """The job's settings: its flags over the config file and ``PIXLAKE_`` environment."""
-    from pixlake.platform.settings import load_settings
-
-    return load_settings(
-        args.config,
-        {
-            "store": {"db": args.db, "collection": args.collection},
-            "encoder": {"model": args.model, "pretrained": args.pretrained},
-            "job": {"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
-                    "allow_manifest_tenants": args.allow_manifest_tenants or None,
-                    "metrics_file": args.metrics_file,
-                    "gpu_decode": args.gpu_decode or None},
-            "governance": {"encryption": False if args.no_encryption else None},
-        },
+    return settings_from_flags(
+        args,
+        job={"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
+             "allow_manifest_tenants": args.allow_manifest_tenants or None, "metrics_file": args.metrics_file,
+             "gpu_decode": args.gpu_decode or None},
+        governance={"encryption": False if args.no_encryption else None},
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the job for parsed flags; returns the exit code."""
+class EmbedConfig(JobConfig):
+    """What to embed, where, and how to print the report."""
+
+    source: str
+    settings: Settings
+    print_json: bool = False
+
+
+def run(config: EmbedConfig) -> int:
+    """Embed ``config.source``; prints the summary (or the JSON report). Returns the exit code."""
+    from pixlake.jobs.console import progress_display
     from pixlake.platform.pipeline.job import run_embed_job
 
-    report = run_embed_job(args.source, settings_of(args))
-    emit(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    with progress_display() as progress:
+        report = run_embed_job(config.source, config.settings, progress=progress)
+    emit(json.dumps(report.to_dict(), indent=2) if config.print_json else report.summary())
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.embed``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("embed", "embed a corpus (same as python -m pixlake.jobs.embed)", __name__, add_flags,
+          lambda args: EmbedConfig.of(args, settings=settings_of(args), print_json=args.json), run, verbose=True)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

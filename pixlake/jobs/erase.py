@@ -10,35 +10,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the erasure job (also mounted as ``pixlake erase``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.erase", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the erasure job."""
     parser.add_argument("--subject", required=True, help="the data subject's id, as given to the embed job")
     parser.add_argument("--tenant", default="default", help="the subject's tenant (default 'default')")
     parser.add_argument("--purge-sources", action="store_true",
                         help="also delete the subject's source images under governance.owned_sources")
     add_store_flags(parser)
     parser.add_argument("--json", action="store_true", help="print the receipt as JSON")
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
+class EraseConfig(JobConfig):
+    """Whose data to erase, and how to print the receipt."""
+
+    settings: Settings
+    subject: str
+    tenant: str = "default"
+    purge_sources: bool = False
+    print_json: bool = False
+
+
+def run(config: EraseConfig) -> int:
     """Run (or resume) the erasure; returns the exit code."""
     from pixlake.platform.governance.erasure import Eraser
     from pixlake.platform.governance.service import open_governed_store
-    from pixlake.platform.settings import load_settings
 
-    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    with open_governed_store(settings) as (store, governance):
-        eraser = Eraser(store, governance, settings.governance.owned_sources)
-        erasure_id, resumed = eraser.start(args.tenant, args.subject, args.purge_sources)
+    with open_governed_store(config.settings) as (store, governance):
+        eraser = Eraser(store, governance, config.settings.governance.owned_sources)
+        erasure_id, resumed = eraser.start(config.tenant, config.subject, config.purge_sources)
         receipt = eraser.run(erasure_id)
-    if args.json:
+    if config.print_json:
         emit(json.dumps(receipt, indent=2))
     else:
         emit(f"erasure {receipt['erasure_id']} {'resumed and ' if resumed else ''}{receipt['status']}; "
@@ -48,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.erase``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("erase", "GDPR erasure of a data subject, with a receipt (same as python -m pixlake.jobs.erase)", __name__,
+          add_flags, lambda args: EraseConfig.of(args, settings=settings_from_flags(args), print_json=args.json), run)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 DEFAULT_COLLECTION = "evaluation"
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the evaluate job (also mounted as ``pixlake evaluate``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.evaluate", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the evaluate job."""
     parser.add_argument("manifest", help="Parquet manifest with `path` (relative to it), a label column and `split`")
     add_store_flags(parser)
     add_encoder_flags(parser)
@@ -28,30 +29,41 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--label", default="label", help="column whose equality makes a hit relevant (default label)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the metrics as JSON here")
     parser.add_argument("--markdown", type=Path, metavar="PATH", help="write the markdown table here")
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the job for parsed flags; returns the exit code."""
+class EvaluateConfig(JobConfig):
+    """What to evaluate (``split`` None: every row) and where to write the metrics."""
+
+    settings: Settings
+    manifest: str
+    split: Optional[str] = "holdout"
+    label: str = "label"
+    json_path: Optional[Path] = None
+    markdown: Optional[Path] = None
+
+
+def config_of(args: argparse.Namespace) -> EvaluateConfig:
+    """The job's config; its collection is ``evaluation`` unless ``--collection`` names one."""
+    settings = settings_from_flags(args, store={"collection": args.collection or DEFAULT_COLLECTION})
+    return EvaluateConfig.of(args, settings=settings, manifest=str(args.manifest), json_path=args.json,
+                             split=None if args.split == "all" else args.split)
+
+
+def run(config: EvaluateConfig) -> int:
+    """Evaluate; prints the metrics table. Returns the exit code."""
     from pixlake.platform.evaluation import evaluate, save
-    from pixlake.platform.settings import load_settings
 
-    settings = load_settings(
-        args.config,
-        {"store": {"db": args.db, "collection": args.collection or DEFAULT_COLLECTION},
-         "encoder": {"model": args.model, "pretrained": args.pretrained}},
-    )
-    result = evaluate(str(args.manifest), settings, split=None if args.split == "all" else args.split, label=args.label)
-    table = save(result, args.json, args.markdown)
+    settings = config.settings
+    result = evaluate(config.manifest, settings, split=config.split, label=config.label)
+    table = save(result, config.json_path, config.markdown)
     emit(f"{settings.encoder.model} on {result['rows']} holdout images "
          f"(collection {settings.store.collection}):\n\n{table}")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.evaluate``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("evaluate", "search-quality evaluation (same as python -m pixlake.jobs.evaluate)", __name__, add_flags,
+          config_of, run, verbose=True)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

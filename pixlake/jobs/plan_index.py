@@ -14,14 +14,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the planner (also mounted as ``pixlake plan-index``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.plan_index", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the planner."""
     add_store_flags(parser)
     add_encoder_flags(parser)
     parser.add_argument("--tenant", default="default", help="tenant whose rows are sampled (default 'default')")
@@ -43,30 +44,45 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--opq", action="store_true", help="also measure an OPQ rotation (faiss only, for comparison)")
     parser.add_argument("--out", type=Path, default=Path("index-plan.json"), help="plan file (default index-plan.json)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Plan; returns the exit code."""
-    from pixlake.platform.index_plan import plan_summary, plan_from_collection
-    from pixlake.platform.settings import load_settings
+class PlanIndexConfig(JobConfig):
+    """What to sample and measure, the target, and where the plan goes."""
 
-    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection},
-                                           "encoder": {"model": args.model, "pretrained": args.pretrained}})
-    texts = args.text_file.read_text().splitlines() if args.text_file else None
-    plan = plan_from_collection(settings, args.tenant, sample=args.sample, measure_rows=args.measure_rows,
-                                queries=args.queries, texts=texts,
-                                text_field=args.text_field, target=args.target, k=args.k, opq=args.opq,
-                                segment_rows=args.segment_rows, max_rerank_factor=args.max_rerank_factor)
-    plan.save(args.out)
-    emit(json.dumps(plan.to_dict(), indent=2) if args.json else plan_summary(plan, args.out))
+    settings: Settings
+    tenant: str = "default"
+    sample: int = 20_000
+    measure_rows: int = 200_000
+    queries: int = 500
+    text_field: str = "caption"
+    text_file: Optional[Path] = None
+    target: float = 0.95
+    k: int = 10
+    segment_rows: Optional[int] = None
+    max_rerank_factor: int = 40
+    opq: bool = False
+    out: Path = Path("index-plan.json")
+    print_json: bool = False
+
+
+def run(config: PlanIndexConfig) -> int:
+    """Plan and save the plan; prints its summary (or the plan as JSON). Returns the exit code."""
+    from pixlake.platform.index_plan import plan_from_collection, plan_summary
+
+    texts = config.text_file.read_text().splitlines() if config.text_file else None
+    plan = plan_from_collection(config.settings, config.tenant, sample=config.sample, measure_rows=config.measure_rows,
+                                queries=config.queries, texts=texts, text_field=config.text_field,
+                                target=config.target, k=config.k, opq=config.opq, segment_rows=config.segment_rows,
+                                max_rerank_factor=config.max_rerank_factor)
+    plan.save(config.out)
+    emit(json.dumps(plan.to_dict(), indent=2) if config.print_json else plan_summary(plan, config.out))
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.plan_index``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("plan-index", "measure PQ code sizes on a collection and save an index plan "
+          "(same as python -m pixlake.jobs.plan_index)", __name__, add_flags,
+          lambda args: PlanIndexConfig.of(args, settings=settings_from_flags(args), print_json=args.json), run)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

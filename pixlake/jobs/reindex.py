@@ -15,14 +15,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from pixlake.jobs.common import add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the reindex job (also mounted as ``pixlake reindex``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.reindex", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the reindex job."""
     parser.add_argument("source", nargs="?", help="corpus to re-embed (needed when the encoder changes)")
     add_store_flags(parser)
     parser.add_argument("--model", help="the new encoder's open_clip model (default: the current one)")
@@ -34,61 +35,49 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                         help="largest fall of recall@10 per query type the gate accepts (default 0.01)")
     parser.add_argument("--no-promote", action="store_true", help="build and evaluate, but leave the live name as it is")
     parser.add_argument("--report", type=Path, help="write the JSON reindex report here")
-    return parser
 
 
-def build_rollback_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of ``pixlake rollback``."""
-    parser = parser or argparse.ArgumentParser(prog="pixlake rollback", description="Point a live collection back.")
-    add_store_flags(parser)
-    parser.add_argument("--to", help="the version to serve (default: the newest one older than the current)")
-    return parser
+class ReindexConfig(JobConfig):
+    """The current configuration, the candidate, the gate and where the report goes."""
+
+    settings: Settings
+    candidate: Settings
+    source: Optional[str] = None
+    eval_manifest: Optional[str] = None
+    max_recall_drop: float = 0.01
+    promote: bool = True
+    report: Optional[Path] = None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Re-index for parsed flags; exit 0 when promoted (or --no-promote), 1 when the gate refused."""
+def config_of(args: argparse.Namespace) -> ReindexConfig:
+    """The job's config: ``--model/--pretrained/--index-plan/--beta`` describe only the candidate."""
+    current = settings_from_flags(args, encoder={"model": None, "pretrained": None})
+    candidate = settings_from_flags(args, store={"index_plan": str(args.index_plan) if args.index_plan else None},
+                                    governance={"beta": args.beta})
+    return ReindexConfig.of(args, settings=current, candidate=candidate, promote=not args.no_promote)
+
+
+def run(config: ReindexConfig) -> int:
+    """Re-index; prints the report as JSON. Exit 0 when promoted (or not asked to), 1 when the gate refused."""
     from pixlake.platform.reindex import reindex
-    from pixlake.platform.settings import load_settings
 
-    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    candidate = load_settings(args.config, {
-        "store": {"db": args.db, "collection": args.collection,
-                  "index_plan": str(args.index_plan) if args.index_plan else None},
-        "encoder": {"model": args.model, "pretrained": args.pretrained},
-        "governance": {"beta": args.beta},
-    })
-    result = reindex(settings, candidate, args.source, args.eval_manifest, args.max_recall_drop, not args.no_promote)
+    result = reindex(config.settings, config.candidate, config.source, config.eval_manifest, config.max_recall_drop,
+                     config.promote)
     text = json.dumps(result, indent=2)
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text + "\n")
+    if config.report:
+        config.report.parent.mkdir(parents=True, exist_ok=True)
+        config.report.write_text(text + "\n")
     emit(text)
-    refused = not args.no_promote and not result["promoted"]
+    refused = config.promote and not result["promoted"]
     if refused:
         print(f"pixlake: {result['to']} not promoted: the quality gate refused it; {result['collection']} still "
               f"serves {result['from']}", file=sys.stderr)
     return 1 if refused else 0
 
 
-def run_rollback(args: argparse.Namespace) -> int:
-    """Roll back for parsed flags; prints the switch as JSON."""
-    from pixlake.platform.lifecycle import rollback
-    from pixlake.platform.settings import load_settings
-    from pixlake.platform.store import MilvusStore
-
-    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    store = MilvusStore.configured(settings.store)
-    try:
-        emit(json.dumps(rollback(store, settings.store.collection, args.to)))
-    finally:
-        store.close()
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.reindex``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("reindex", "build the next version of a collection, gate it on quality, switch to it "
+          "(same as python -m pixlake.jobs.reindex)", __name__, add_flags, config_of, run, verbose=True)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

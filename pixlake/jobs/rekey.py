@@ -13,35 +13,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Optional, Sequence
 
-from pixlake.jobs.common import add_store_flags, emit, run_main
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import add_store_flags, emit, settings_from_flags
+from pixlake.platform.settings import Settings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of re-keying (also mounted as ``pixlake rekey``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.rekey", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of re-keying."""
     parser.add_argument("--tenant", default="default", help="tenant whose key rotates (default 'default')")
     add_store_flags(parser)
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Re-key; returns the exit code."""
+class RekeyConfig(JobConfig):
+    """Whose key rotates, in which database."""
+
+    settings: Settings
+    tenant: str = "default"
+
+
+def run(config: RekeyConfig) -> int:
+    """Re-key; prints the outcome as JSON. Returns the exit code."""
     from pixlake.platform.governance.portability import rekey
     from pixlake.platform.governance.service import open_governed_store
-    from pixlake.platform.settings import load_settings
 
-    settings = load_settings(args.config, {"store": {"db": args.db, "collection": args.collection}})
-    with open_governed_store(settings) as (store, governance):
-        emit(json.dumps(rekey(store, governance, args.tenant)))
+    with open_governed_store(config.settings) as (store, governance):
+        emit(json.dumps(rekey(store, governance, config.tenant)))
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.rekey``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("rekey", "rotate a tenant's vector key (same as python -m pixlake.jobs.rekey)", __name__, add_flags,
+          lambda args: RekeyConfig.of(args, settings=settings_from_flags(args)), run)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

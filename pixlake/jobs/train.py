@@ -12,14 +12,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
-from pixlake.jobs.common import emit, run_main, validated
+from pixlake.jobs.command import Job, JobConfig
+from pixlake.jobs.common import emit, validated
+from pixlake.platform.training import TrainSettings
 
 
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Flags of the train job (also mounted as ``pixlake train``)."""
-    parser = parser or argparse.ArgumentParser(prog="python -m pixlake.jobs.train", description=__doc__)
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the train job."""
     parser.add_argument("manifest", help="Parquet manifest: `caption`, and `path` (relative to it) or `image` bytes")
     parser.add_argument("--out", required=True, type=Path, help="output directory (model.pt, train-state.pt, train-report.json)")
     parser.add_argument("--model", help="open_clip model config (default pixlake-demo)")
@@ -32,26 +32,37 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     parser.add_argument("--max-steps", type=int, help="stop after this many steps; a re-run resumes")
     parser.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints (default 200)")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
-    return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the job for parsed flags; returns the exit code."""
-    from pixlake.platform.training import TrainSettings, run_train_job
+class TrainConfig(JobConfig):
+    """The training settings, and how to print the report."""
 
+    settings: TrainSettings
+    print_json: bool = False
+
+
+def config_of(args: argparse.Namespace) -> TrainConfig:
+    """The job's config: the flags given, over :class:`TrainSettings`' defaults."""
     flags = {"manifest": str(args.manifest), "out": str(args.out), "model": args.model, "init": args.init,
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
              "max_steps": args.max_steps, "checkpoint_every": args.checkpoint_every}
     if args.split is not None:
         flags["split"] = None if args.split == "all" else args.split
     settings = validated(TrainSettings, {k: v for k, v in flags.items() if v is not None or k == "split"})
+    return TrainConfig(settings=settings, print_json=args.json)
+
+
+def run(config: TrainConfig) -> int:
+    """Train; prints a line per logged step and the summary (or only the JSON report). Returns the exit code."""
+    from pixlake.platform.training import run_train_job
+
     def show(line: dict) -> None:
-        if not args.json:
+        if not config.print_json:
             emit(f"step {line['step']}/{line['total_steps']}  epoch {line['epoch']}  loss {line['loss']:.4f}  "
                  f"{line['seconds']:.0f} s")
 
-    report = run_train_job(settings, progress=show)
-    if args.json:
+    report = run_train_job(config.settings, progress=show)
+    if config.print_json:
         emit(json.dumps(report, indent=2))
     else:
         emit(f"trained {report['model']} for {report['steps']}/{report['total_steps']} steps "
@@ -61,10 +72,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pixlake.jobs.train``."""
-    return run_main(lambda: run(build_parser().parse_args(argv)))
-
+JOB = Job("train", "contrastive training (same as python -m pixlake.jobs.train)", __name__, add_flags, config_of, run,
+          verbose=True)
+build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":
     sys.exit(main())

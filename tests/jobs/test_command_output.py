@@ -1,5 +1,6 @@
 """A ``pixlake`` command's stdout carries its result and nothing else (so ``| jq`` works)."""
 
+import io
 import sys
 import threading
 
@@ -34,3 +35,88 @@ def test_an_error_is_one_line_on_stderr_and_exit_code_2(capsys):
     out, err = capsys.readouterr()
     assert out == "partial\n" and err.strip().splitlines()[-1] == "pixlake: error: --n must be at least 1"
     assert sys.stdout is not sys.stderr
+
+
+def test_a_quiet_job_sends_rays_lines_to_its_log_and_keeps_its_own_and_errors_on_stderr(capfd, tmp_path, monkeypatch):
+    import logging
+    import os
+    import tempfile
+
+    from pixlake.jobs.console import ray_logs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ours = logging.StreamHandler(open(2, "w", closefd=False))  # as run_main's basicConfig: on descriptor 2
+    logging.getLogger().addHandler(ours)
+    try:
+        with ray_logs("embed", verbose=False) as log:
+            logging.getLogger("ray").warning("Token authentication is enabled for this Ray cluster")
+            logging.getLogger("ray.data").info("[dataset]: A new progress UI is available")
+            os.write(2, b"[E core_worker.cc:2465] Actor ... has constructor arguments ... max_restarts > 0\n")
+            logging.getLogger("ray.data").error("Operator MapBatches(EmbedImages) failed")
+            logging.getLogger("pixlake.platform.governance").warning("created a local master key")
+            print("pixlake: a line of pixlake's own", file=sys.stderr)
+        with ray_logs("embed", verbose=True) as none:
+            logging.getLogger("ray").warning("Started a local Ray instance (verbose)")
+    finally:
+        logging.getLogger().removeHandler(ours)
+    err, logged = capfd.readouterr().err, log.read_text()
+    for line in ("Token authentication", "A new progress UI", "max_restarts > 0"):
+        assert line in logged and line not in err, line
+    for line in ("created a local master key", "a line of pixlake's own", "Started a local Ray instance (verbose)"):
+        assert line in err and line not in logged, line
+    assert "ERROR ray.data: Operator MapBatches(EmbedImages) failed" in err  # Ray's errors: on stderr, and in the log
+    assert "MapBatches(EmbedImages) failed" in logged
+    assert none is None and log.parent == tmp_path / "pixlake"
+    os.write(2, b"after\n")  # descriptor 2 and Ray's handlers are back
+    logging.getLogger("ray").warning("ray after")
+    assert capfd.readouterr().err.count("after") == 2
+
+
+def test_a_log_nothing_was_written_to_is_removed_and_a_failure_says_where_the_log_is(capfd, tmp_path, monkeypatch):
+    import logging
+    import tempfile
+
+    import pytest
+
+    from pixlake.jobs.console import ray_logs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with ray_logs("train", verbose=False) as empty:
+        pass
+    assert not empty.exists()
+    with pytest.raises(ConfigError), ray_logs("train", verbose=False) as log:
+        logging.getLogger("ray").info("Started a local Ray instance.")
+        raise ConfigError("the store went away")
+    assert capfd.readouterr().err == f"pixlake: Ray's log lines of this run are in {log} (--verbose shows them)\n"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_display_shows_items_of_total_rate_and_eta(monkeypatch):
+    from pixlake.jobs import console
+
+    display = console.ProgressDisplay(io.StringIO())
+    assert display.line(24, 48, 12.0) == "embedding  24/48 items  2.0 images/s  ETA 12s"
+    assert display.line(100, 10_100, 50.0) == "embedding  100/10,100 items  2.0 images/s  ETA 1h 23m"
+    assert display.line(1_500, None, 10.0) == "embedding  1,500 items  150.0 images/s"  # a total the source does not say
+    assert display.line(48, 48, 10.0) == "embedding  48/48 items  4.8 images/s"
+
+    clock = iter([100.0, 101.0, 102.0, 115.0, 116.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    piped = console.ProgressDisplay(io.StringIO())  # a file or a CI log: a line at most every 10 s, and the last
+    for done in (0, 10, 20, 30, 40):
+        piped(done, 40)
+    piped.close()
+    assert piped.stream.getvalue().splitlines() == [
+        "embedding  0/40 items  0.0 images/s", "embedding  30/40 items  2.0 images/s  ETA 5s",
+        "embedding  40/40 items  2.5 images/s"]
+
+    clock = iter([0.0, 2.0])
+    terminal = console.ProgressDisplay(_Terminal())  # one line, rewritten in place
+    terminal(0, None)
+    terminal(10, None)
+    terminal.close()
+    assert terminal.stream.getvalue() == "\rembedding  0 items  0.0 images/s\rembedding  10 items  5.0 images/s\n"

@@ -73,12 +73,16 @@ def test_the_detector_sees_a_deprecated_ray_call_and_a_deprecation_warning(ray_s
     assert found == []
 
 
-def test_an_embed_job_makes_no_deprecated_call(ray_session, tmp_path):
+def test_an_embed_job_makes_no_deprecated_call_and_reports_its_progress(ray_session, tmp_path):
     from pixlake.platform.corpus import write_corpus
     from pixlake.platform.pipeline.job import run_embed_job
 
     write_corpus(tmp_path / "c", 4, seed=3)
+    progress = []
     with deprecations_from(PIXLAKE) as found:
-        report = run_embed_job(str(tmp_path / "c" / "images"), tiny_settings(tmp_path / "p.db"))
+        report = run_embed_job(str(tmp_path / "c" / "images"), tiny_settings(tmp_path / "p.db"),
+                               progress=lambda done, total: progress.append((done, total)))
     assert report.embedded == 4
     assert found == [], "\n".join(found)
+    # items done of the total the folder gives, never backwards, ending with every item done
+    assert progress[-1] == (4, 4) and progress == sorted(progress), progress

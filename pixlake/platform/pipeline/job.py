@@ -23,10 +23,10 @@ from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
-from pixlake.platform.pipeline.run_metrics import RunMetrics, timed, write_metrics_file
+from pixlake.platform.pipeline.run_metrics import Progress, RunMetrics, reporting_progress, timed, write_metrics_file
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
-from pixlake.platform.pipeline.sources import read_items, resolve_source
+from pixlake.platform.pipeline.sources import ResolvedSource, read_items, resolve_source
 from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
@@ -34,6 +34,7 @@ from pixlake.platform.store_actor import start_governance_actor, start_stats_act
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
+FOOTERS_READ = 256  # Parquet files whose footers the progress display reads for a total
 
 
 def protection(settings: Settings) -> str:
@@ -45,12 +46,14 @@ def protection(settings: Settings) -> str:
             "(AES-256-GCM, per-subject keys)")
 
 
-def run_embed_job(source: str, settings: Settings) -> JobReport:
+def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] = None) -> JobReport:
     """Embed every image of ``source`` into the configured collection.
 
     Args:
         source: folder, glob, Parquet file/dataset or WebDataset shards (local or URI).
         settings: store, encoder and job settings.
+        progress: called about once a second while the pipeline runs, and once at its end,
+            with the items done and the total (None when the source does not say).
 
     Returns:
         The job report (also written to ``settings.job.report`` when set).
@@ -132,7 +135,8 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
         sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)
         try:
-            pipeline.write_datasink(sink)
+            with reporting_progress(stats, lambda: known_total(resolved), progress):
+                pipeline.write_datasink(sink)
         except Exception as e:
             cause = pixlake_cause(e)  # a store that stayed down: its own message, not a Ray trace
             if cause is None or cause is e:
@@ -179,6 +183,21 @@ def run_embed_job(source: str, settings: Settings) -> JobReport:
     if settings.job.metrics_file is not None:
         write_metrics_file(settings.job.metrics_file, report, run_metrics)
     return report
+
+
+def known_total(resolved: ResolvedSource) -> Optional[int]:
+    """The items of a source when it says so cheaply: its image files, or the rows its
+    Parquet footers declare (up to :data:`FOOTERS_READ` files); None for WebDataset shards."""
+    if resolved.kind == "images":
+        return len(resolved.files)
+    if resolved.kind == "parquet" and len(resolved.files) <= FOOTERS_READ:
+        import pyarrow.parquet as pq
+
+        try:
+            return sum(pq.read_metadata(f, filesystem=resolved.filesystem).num_rows for f in resolved.files)
+        except OSError:  # the read stage reports an unreadable file, not the progress display
+            return None
+    return None
 
 
 def pixlake_cause(error: BaseException) -> Optional[PixlakeError]:

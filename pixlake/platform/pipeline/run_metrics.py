@@ -10,10 +10,12 @@ to a Pushgateway. The Serve app exposes its own metrics on ``/metrics``
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 from pixlake.platform.drift import EmbeddingStats
 
@@ -47,6 +49,10 @@ class RunMetrics:
         s["count"] += 1
         s["rows"] += rows
 
+    def rows(self, stage: str) -> int:
+        """Rows through ``stage`` so far."""
+        return self.stages.get(stage, {}).get("rows", 0)
+
     def get(self) -> "RunMetrics":
         """This object (what the driver fetches from the actor)."""
         return self
@@ -71,6 +77,40 @@ def timed(stage: str, fn: Callable[[Any], Any], metrics: Any) -> Callable[[Any],
     run's metrics actor. The wrapper keeps ``fn``'s class name, which Ray Data names the
     operator (``MapBatches(LoadItems)``) and its worker processes after."""
     return type(type(fn).__name__, (_Timed,), {})(stage, fn, metrics)
+
+
+# A row is done once it went through the last stage before the write (the sink counts a whole
+# write task at once, too late for a progress display).
+DONE_STAGE = "protect"
+PROGRESS_EVERY_S = 1.0
+
+Progress = Callable[[int, Optional[int]], None]  # (items done, total items or None when unknown)
+
+
+@contextlib.contextmanager
+def reporting_progress(metrics: Any, total: Callable[[], Optional[int]], progress: Optional[Progress]) -> Iterator[None]:
+    """While the body runs, call ``progress(done, total)`` every :data:`PROGRESS_EVERY_S` from a
+    thread, reading the rows done from the run's metrics actor (``metrics.rows``), and once
+    more when the body succeeded. ``total()`` runs in that thread, so a slow count never
+    delays the job."""
+    if progress is None:
+        yield
+        return
+    stop, known = threading.Event(), []
+
+    def poll() -> None:
+        known.append(total())
+        while not stop.wait(PROGRESS_EVERY_S):
+            progress(metrics.rows(DONE_STAGE), known[0])
+
+    watcher = threading.Thread(target=poll, name="pixlake-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+    progress(metrics.rows(DONE_STAGE), known[0] if known else None)
 
 
 def write_metrics_file(path: Path, report: Any, metrics: RunMetrics) -> None:
