@@ -1,20 +1,19 @@
-"""Query path shared by the CLI, the Serve app and the evaluation: encode a query,
-search (decrypt and re-rank), shape hits."""
+"""Query path shared by the CLI, the Serve app and the evaluation: encode a query, then
+search it in a collection opened with :func:`open_collection` (decrypt and re-rank, shape
+hits: :class:`~pixlake.platform.collection.QueryCollection`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+# The collection opened for querying lives in pixlake.platform.collection; importable from here too.
+from pixlake.platform.collection import QueryCollection, check_fingerprint, open_collection  # noqa: F401
 from pixlake.platform.encoder import Encoder
-from pixlake.platform.errors import ConfigError, SourceError, StoreError
+from pixlake.platform.errors import ConfigError, SourceError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
-from pixlake.platform import records as R
-from pixlake.platform.governance.service import Governance
-from pixlake.platform.settings import Settings
-from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter, literal
 
 
 def encode_query(encoder: Encoder, text: Optional[str] = None, image: Optional[bytes] = None,
@@ -41,128 +40,6 @@ def read_image_file(path: Path) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise SourceError(f"cannot read image {path}: {e.strerror or e}") from e
-
-
-def check_fingerprint(store: MilvusStore, fingerprint: str) -> None:
-    """Refuse to query a collection embedded by another encoder (its vectors mean something else).
-
-    Raises:
-        StoreError: the collection holds another encoder's embeddings.
-    """
-    stored = store.model()
-    if stored is not None and stored != fingerprint:
-        raise StoreError(
-            f"collection {store.collection} holds embeddings of {stored}; the query encoder is "
-            f"{fingerprint}. Use the same --model/--pretrained as the embed job"
-        )
-
-
-class QueryCollection:
-    """A collection opened for querying: the store, and the governance that decrypts it.
-
-    With encryption on, a query is encrypted with the tenant key, Milvus returns
-    ``rerank_factor × k`` ciphertext candidates, and they are decrypted here (the trusted
-    service) and re-ranked by exact similarity to the plaintext query. While a key rotation
-    leaves rows under two versions, each version's rows are searched with a query under it.
-    """
-
-    def __init__(self, store: MilvusStore, governance: Governance):
-        self.store = store
-        self.governance = governance
-
-    @property
-    def rerank_factor(self) -> int:
-        """Candidates fetched per hit: the configured factor, or the index plan's when larger
-        (the plan measured the re-rank its PQ code needs to keep recall)."""
-        return max(self.governance.settings.rerank_factor, self.store.index.rerank_factor or 0)
-
-    def search(self, vector: np.ndarray, k: int = 10, tenant: str = "default",
-               meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
-        """Search one tenant's rows.
-
-        Args:
-            vector: normalised plaintext query vector.
-            k: number of hits.
-            tenant: the tenant searched (queries never cross tenants).
-            meta: structured metadata filter (see :func:`~pixlake.platform.store.build_filter`).
-
-        Returns:
-            Hits ``{"id", "source", "score", "meta"}``, best first.
-        """
-        vector = np.asarray(vector, np.float32)
-        expr = build_filter(tenant, meta)
-        gov = self.governance
-        fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
-        versions = gov.live_versions(tenant) if gov.encryption else []
-        if len(versions) > 1:
-            # A rotation is under way: rows under each version are compared with a query
-            # encrypted under that version (another key's query scores them at random).
-            searches = [(gov.encrypt_query(tenant, vector, v), f'{expr} and {R.NONCE} like "{v}:%"') for v in versions]
-        else:
-            searches = [(gov.encrypt_query(tenant, vector), expr)]
-        hits = [hit for query, where in searches
-                for hit in self.store.search([query], k=min(k * self.rerank_factor, MAX_TOPK), filter=where,
-                                             output_fields=fields)[0]]
-        rows = {}  # by id: a row re-keyed between two of the searches is met twice
-        for r in gov.reveal(tenant, hits):
-            r["score"] = float(np.dot(r[R.VECTOR], vector))  # exact cosine: both are unit vectors
-            rows[r[R.ID]] = r
-        rows = sorted(rows.values(), key=lambda r: -r["score"])
-        return [{"id": r[R.ID], "source": r[R.SOURCE], "score": round(r["score"], 6), "meta": r[R.META]} for r in rows[:k]]
-
-    def read(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None) -> list[dict]:
-        """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),
-        decrypted: exact ``vector``, opened ``source`` and ``meta``. Export, re-keying and
-        re-indexing read the Milvus rows through this: there is no second copy."""
-        expr = build_filter(tenant, meta, subject)
-        fields = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
-        return self.governance.reveal(tenant, self.store.query(expr, fields))
-
-    def item(self, tenant: str, item_id: str) -> Optional[dict]:
-        """One row of a tenant by id, decrypted (``source`` opened), or None when the tenant
-        has no such row or its subject is being erased (what a thumbnail may show)."""
-        if not R.is_row_id(item_id):
-            return None  # no row has such an id; never let it near an expression
-        expr = f"{build_filter(tenant)} and {R.ID} == {literal(item_id)}"
-        fields = (R.ID, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
-        rows = self.governance.reveal(tenant, self.store.query(expr, fields))
-        return rows[0] if rows else None
-
-    def describe(self) -> dict:
-        """The store's description plus how the rows are protected."""
-        return {**self.store.describe(), "encryption": self.governance.encryption}
-
-    def close(self) -> None:
-        """Close the store and the key store."""
-        try:
-            self.store.close()
-        finally:
-            self.governance.close()
-
-
-def open_collection(settings: Settings, fingerprint: str) -> QueryCollection:
-    """Open the configured collection for querying with an encoder of ``fingerprint``; close it when done.
-
-    Raises:
-        StoreError: the collection does not exist or holds another encoder's embeddings.
-        ConfigError, GovernanceError: no key source for an encrypted store.
-    """
-    db, collection = settings.store.db, settings.store.collection
-    governance = Governance.open(settings)
-    try:
-        store = MilvusStore.configured(settings.store)
-    except BaseException:
-        governance.close()
-        raise
-    opened = QueryCollection(store, governance)
-    try:
-        if not store.exists():
-            raise StoreError(f"no collection {collection} in {db}; run `pixlake embed` first")
-        check_fingerprint(store, fingerprint)
-    except BaseException:
-        opened.close()
-        raise
-    return opened
 
 
 def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:

@@ -15,10 +15,10 @@ one), and promotes only if no query type's recall@10 falls by more than ``max_re
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from pixlake.platform import lifecycle
+from pixlake.platform.collection import QueryCollection, open_collection
 from pixlake.platform.errors import ConfigError, StoreError
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import MilvusStore
@@ -58,30 +58,26 @@ def _evaluate_both(manifest: str, settings: Settings, candidate: Settings, mode:
     try:
         result = {"current": evaluate(manifest, current)}
         if mode == "rebuild":
-            with _opened(current) as source_store, _opened(proposed) as target_store:
-                rebuild(source_store, target_store, candidate)
+            with MilvusStore.configured(current.store) as source_store, open_collection(proposed) as target:
+                rebuild(source_store, target)
             result["candidate"] = evaluate_stored(manifest, proposed)
         else:
             result["candidate"] = evaluate(manifest, proposed)
         return result
     finally:
         for scratch in (current, proposed):
-            with _opened(scratch) as store:
+            with MilvusStore.configured(scratch.store) as store:
                 store.drop()
 
 
-def rebuild(source: MilvusStore, target: MilvusStore, candidate: Settings) -> int:
-    """Copy every row of ``source`` into ``target`` re-encrypted under the candidate's
-    governance settings (beta), decrypting them first: no image is read. Returns rows written."""
+def rebuild(source: MilvusStore, target: QueryCollection) -> int:
+    """Copy every row of ``source`` into ``target`` re-encrypted under the target's
+    governance settings (the candidate's beta), decrypting them first: no image is read.
+    Returns rows written."""
     from pixlake.platform.governance.portability import reencrypt
-    from pixlake.platform.governance.service import Governance
 
-    governance = Governance.open(candidate)
-    try:
-        written = sum(reencrypt(source, target, governance, tenant) for tenant in lifecycle.tenants(source))
-    finally:
-        governance.close()
-    target.flush()
+    written = sum(reencrypt(source, target.store, target.governance, tenant) for tenant in lifecycle.tenants(source))
+    target.store.flush()
     return written
 
 
@@ -122,7 +118,7 @@ def reindex(settings: Settings, candidate: Settings, source: Optional[str] = Non
         raise ConfigError("a new encoder re-embeds the corpus: give its SOURCE")
     # The store is opened only between jobs: milvus-lite admits one process, and the jobs'
     # store actors are other processes.
-    with _opened(settings) as store:
+    with MilvusStore.configured(settings.store) as store:
         current = lifecycle.resolve(store, live)
         if current is None:
             raise StoreError(f"no collection {live} in {settings.store.db}; run `pixlake embed` first")
@@ -133,9 +129,9 @@ def reindex(settings: Settings, candidate: Settings, source: Optional[str] = Non
         target = lifecycle.next_version(store, live)
         log.info("%s: building %s by %s from %s", live, target, mode, current)
         if mode == "rebuild":
-            with _opened(_with(settings, target, candidate)) as target_store, \
-                    _opened(_with(settings, current)) as source_store:
-                rows = rebuild(source_store, target_store, candidate)
+            with open_collection(_with(settings, target, candidate)) as target_collection, \
+                    MilvusStore.configured(_with(settings, current).store) as source_store:
+                rows = rebuild(source_store, target_collection)
     if mode == "re-embed":
         from pixlake.platform.pipeline.job import run_embed_job
 
@@ -147,16 +143,8 @@ def reindex(settings: Settings, candidate: Settings, source: Optional[str] = Non
         result["evaluation"] = _evaluate_both(eval_manifest, settings, candidate, mode, target)
         result["gate"] = gate(result["evaluation"]["current"], result["evaluation"]["candidate"], max_recall_drop)
     if promote and result["gate"]["passed"] and rows:
-        with _opened(settings) as store:
+        with MilvusStore.configured(settings.store) as store:
             result["switch"] = lifecycle.promote(store, live, target)
         result["promoted"] = True
     return result
 
-
-@contextmanager
-def _opened(settings: Settings) -> Iterator[MilvusStore]:
-    store = MilvusStore.configured(settings.store)
-    try:
-        yield store
-    finally:
-        store.close()

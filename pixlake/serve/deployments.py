@@ -66,12 +66,10 @@ class Searcher:
     with no query failing, when the new version holds this encoder's embeddings."""
 
     def __init__(self, settings: Any):
-        from pixlake.platform.governance.service import Governance
+        from pixlake.platform.collection import open_collection
         from pixlake.platform.lifecycle import LiveCollection
-        from pixlake.platform.query import QueryCollection
-        from pixlake.platform.store import MilvusStore
 
-        self.collection = LiveCollection(QueryCollection(MilvusStore.configured(settings.store), Governance.open(settings)))
+        self.collection = LiveCollection(open_collection(settings))
         self.owned_sources = settings.governance.owned_sources
         # Erasures running on this replica's threads. Serve may call start_erasure on several
         # threads at once; the lock makes "find the id, see it is not running, start it" one

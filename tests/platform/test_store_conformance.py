@@ -16,13 +16,16 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Optional
 
+import grpc
 import numpy as np
 import pytest
+from pymilvus.exceptions import MilvusException
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, StoreError
 from pixlake.platform.images import content_hash
 from pixlake.platform.index_plan import IndexPlan
+from pixlake.platform.store.index import planned_index
 from pixlake.platform.store import (
     LITE,
     SERVER,
@@ -31,6 +34,7 @@ from pixlake.platform.store import (
     build_filter,
     check_db_location,
     choose_index,
+    transient,
 )
 
 DIM = 16
@@ -700,6 +704,29 @@ def test_a_server_builds_the_planned_ivf_pq_over_every_row(milvus_server, tmp_pa
         backend.cleanup()
 
 
+class _GrpcAway(Exception):
+    """A client error carrying a gRPC status code, as pymilvus re-raises some of them."""
+
+    def __init__(self, status):
+        super().__init__("rpc failed")
+        self.code = status
+
+
+@pytest.mark.parametrize("error, retried", [
+    (MilvusException(code=2, message="Fail connecting to server on localhost:19530"), True),
+    (MilvusException(code=101, message="collection not loaded"), True),
+    (MilvusException(code=65535, message="node not ready"), True),
+    (_GrpcAway(grpc.StatusCode.UNAVAILABLE), True),
+    (_GrpcAway(grpc.StatusCode.DEADLINE_EXCEEDED), True),
+    (ConnectionError("connection refused"), True),
+    (MilvusException(code=1100, message="invalid parameter: dim 15, want 16"), False),
+    (_GrpcAway(grpc.StatusCode.INVALID_ARGUMENT), False),
+    (ValueError("bad row"), False),
+])
+def test_which_errors_retry(error: Exception, retried: bool):
+    assert transient(error) is retried
+
+
 def test_index_choice():
     assert choose_index(LITE).index_type == "HNSW"
     assert choose_index(SERVER).index_type != "IVF_PQ"  # never a PQ code chosen blind
@@ -707,6 +734,20 @@ def test_index_choice():
     assert choose_index(LITE, plan).index_type == "HNSW"  # milvus-lite would not build it
     planned = choose_index(SERVER, plan)
     assert (planned.index_type, planned.params, planned.search_params) == ("IVF_PQ", PLAN["params"], {"nprobe": 16})
+
+
+def test_an_index_plan_is_read_by_index_plan_load(tmp_path: Path):
+    with pytest.raises(ConfigError, match="index plan not found"):
+        MilvusStore(str(tmp_path / "s.db"), "images", tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", json.dumps({**PLAN, "surprise": 1})):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match="index plan"):
+            planned_index(SERVER, bad)
+    good = tmp_path / "plan.json"
+    IndexPlan(**PLAN).save(good)
+    assert planned_index(SERVER, good) == choose_index(SERVER, IndexPlan(**PLAN))
+    assert planned_index(SERVER, None) == choose_index(SERVER)
 
 
 def test_check_db_location_creates_parent(tmp_path: Path):
