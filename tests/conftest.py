@@ -84,6 +84,16 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def with_default_signals() -> None:
+    """``preexec_fn`` for a subprocess a test will signal: SIGINT and SIGTERM at their
+    defaults, whatever this process inherited (a background shell ignores SIGINT, and an
+    ignored signal stays ignored across exec)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_cli(*argv: str) -> int:
     """``pixlake *argv`` in this process (its output goes to capsys); the exit code, as the
     console script would exit with it (argparse's usage errors included)."""

@@ -1,51 +1,63 @@
-"""`pixlake reindex` and `pixlake rollback` as users run them: separate processes, exit codes, JSON out."""
+"""`pixlake reindex` and `pixlake rollback` as users run them: exit codes, JSON out, and a
+separate `pixlake serve` process that follows each switch. The commands run in this process
+(on the session's Ray: a Ray start per command would cost most of the test); only the server
+under test is a subprocess."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pixlake.platform.corpus import MANIFEST, write_corpus
-from tests.conftest import TINY, TINY_ENV
+from tests.conftest import TINY, TINY_ENV, free_port, run_cli, subprocess_env, with_default_signals
 
 BIN = Path(sys.executable).parent
 # The current encoder is the configured one: here from the environment, as a deployment would.
-ENV = {**os.environ, **TINY_ENV, "PIXLAKE_ENCODER__MODEL": TINY[0], "PIXLAKE_ENCODER__PRETRAINED": TINY[1]}
-ENV.pop("RAY_ADDRESS", None)
+ENV = {**TINY_ENV, "PIXLAKE_ENCODER__MODEL": TINY[0], "PIXLAKE_ENCODER__PRETRAINED": TINY[1]}
 
 
-def _pixlake(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=ENV)
+@pytest.fixture
+def pixlake(ray_session, monkeypatch, capsys):
+    """``pixlake(*args) -> (exit code, stdout, stderr)`` in this process, under ENV plus ``env``."""
+    def run(*args: str, env: dict | None = None) -> tuple[int, str, str]:
+        with monkeypatch.context() as m:
+            for k, v in {**ENV, **(env or {})}.items():
+                m.setenv(k, v)
+            code = run_cli(*args)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
 
 
-def test_reindex_refusals_and_exit_codes(tmp_path):
+def test_reindex_refusals_and_exit_codes(pixlake, tmp_path):
     """Promotion needs the gate (exit 2), a refused gate is exit 1 with nothing switched, and a
     plain collection has nothing to roll back to (exit 2). The promotion and rollback paths:
     the server test below and tests/platform/test_lifecycle.py."""
     write_corpus(tmp_path / "c", 24, seed=4, holdout=0.5)
     manifest, db = str(tmp_path / "c" / MANIFEST), str(tmp_path / "r.db")
-    assert _pixlake("embed", manifest, "--db", db).returncode == 0
-    refused = _pixlake("reindex", "--db", db, "--beta", "0.1")
-    assert refused.returncode == 2 and "--eval" in refused.stderr.strip().splitlines()[-1]
+    assert pixlake("embed", manifest, "--db", db)[0] == 0
+    code, _, err = pixlake("reindex", "--db", db, "--beta", "0.1")
+    assert code == 2 and "--eval" in err.strip().splitlines()[-1]
     report = tmp_path / "reindex.json"
-    gated = _pixlake("reindex", "--db", db, "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "-1",
-                     "--report", str(report))
-    assert gated.returncode == 1 and "quality gate refused" in gated.stderr, gated.stderr[-2000:]
+    code, _, err = pixlake("reindex", "--db", db, "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "-1",
+                           "--report", str(report))
+    assert code == 1 and "quality gate refused" in err, err[-2000:]
     result = json.loads(report.read_text())
     assert (result["mode"], result["to"], result["rows"], result["promoted"]) == ("rebuild", "images_v2", 24, False)
     assert not result["gate"]["passed"]
-    nothing = _pixlake("rollback", "--db", db)
-    assert nothing.returncode == 2 and "not a live alias" in nothing.stderr
+    code, _, err = pixlake("rollback", "--db", db)
+    assert code == 2 and "not a live alias" in err
 
 
-def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_back_on_a_server(milvus_server, tmp_path):
+def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_back_on_a_server(
+        pixlake, milvus_server, tmp_path):
     """The deployment shape: Milvus server, `pixlake serve` and `pixlake reindex`/`rollback`
     as separate processes; a client searching throughout sees only 200s and each switch."""
     import signal
-    import socket
     import threading
     import time
 
@@ -56,21 +68,17 @@ def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_
     keys = tmp_path / "keys"
     load_master_key(keys, create=True)  # an operator-provided key file (a server never creates one)
     collection = f"live_{tmp_path.name[-8:].replace('-', '_')}"
-    env = {**ENV, "PIXLAKE_GOVERNANCE__KEY_DIR": str(keys), "PIXLAKE_STORE__DB": milvus_server,
+    env = {"PIXLAKE_GOVERNANCE__KEY_DIR": str(keys), "PIXLAKE_STORE__DB": milvus_server,
            "PIXLAKE_STORE__COLLECTION": collection, "PIXLAKE_API_KEYS": "kl:default:search"}
     write_corpus(tmp_path / "c", 24, seed=6, holdout=0.5)
     manifest = str(tmp_path / "c" / MANIFEST)
 
-    def pixlake(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "pixlake"), *args], capture_output=True, text=True, timeout=600, env=env)
-
-    assert pixlake("embed", manifest).returncode == 0
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    assert pixlake("embed", manifest, env=env)[0] == 0
+    port = free_port()
     serve = subprocess.Popen([str(BIN / "pixlake"), "serve", "--model", TINY[0], "--pretrained", TINY[1], "--db", milvus_server,
                               "--collection", collection, "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=subprocess_env(**ENV, **env),
+                             start_new_session=True, preexec_fn=with_default_signals)
     url, statuses, versions, stop = f"http://127.0.0.1:{port}", [], [], threading.Event()
 
     def search_throughout() -> None:
@@ -102,15 +110,15 @@ def test_serve_answers_every_query_while_reindex_promotes_and_rollback_switches_
             c.start()
         try:
             wait_for(collection)
-            done = pixlake("reindex", "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "1")
-            assert done.returncode == 0, done.stderr[-2000:]
-            assert json.loads(done.stdout)["switch"] == {"collection": collection, "from": f"{collection}_v1",
-                                                        "to": f"{collection}_v2"}
+            code, out, err = pixlake("reindex", "--beta", "0.1", "--eval", manifest, "--max-recall-drop", "1", env=env)
+            assert code == 0, err[-2000:]
+            assert json.loads(out)["switch"] == {"collection": collection, "from": f"{collection}_v1",
+                                                 "to": f"{collection}_v2"}
             wait_for(f"{collection}_v2")
-            assert pixlake("rollback").returncode == 0
+            assert pixlake("rollback", env=env)[0] == 0
             wait_for(f"{collection}_v1")
-            past = pixlake("rollback")
-            assert past.returncode == 2 and "oldest version" in past.stderr
+            code, _, err = pixlake("rollback", env=env)
+            assert code == 2 and "oldest version" in err
         finally:
             stop.set()
             for c in clients:
