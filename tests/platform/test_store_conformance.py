@@ -1,4 +1,5 @@
-"""Conformance suite for the store interface (pixlake.platform.store.MilvusStore).
+"""Conformance suite for the store interface (pixlake.platform.store.MilvusStore; the
+interface is listed in the docstring of pixlake/platform/store/client.py).
 
 Every test in :class:`TestStoreConformance` runs once per backend in :data:`BACKENDS`:
 milvus-lite (a ``.db`` file under ``tmp_path``) and a real Milvus server (the embedded
@@ -25,6 +26,7 @@ from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, StoreError
 from pixlake.platform.images import content_hash
 from pixlake.platform.index_plan import IndexPlan
+from pixlake.platform.settings import StoreSettings
 from pixlake.platform.store.index import planned_index
 from pixlake.platform.store import (
     LITE,
@@ -322,6 +324,18 @@ class TestStoreConformance:
             store.upsert(bad)
         assert store.count() == 0
 
+    def test_insert_missing_writes_only_new_ids_then_query_and_flush_see_them(self, store: MilvusStore):
+        rows = make_rows(10, seed=7)
+        assert store.insert_missing(rows[:6] + rows[:2], MODEL) == 6  # repeats in one call count once
+        assert store.insert_missing(rows, MODEL) == 4  # the 6 stored are not written again
+        store.flush()
+        got = store.query(build_filter(tenant="t1"), (R.ID, R.SOURCE))
+        assert sorted((r[R.ID], r[R.SOURCE]) for r in got) == sorted((r[R.ID], r[R.SOURCE]) for r in rows)
+        assert store.query(build_filter(tenant="t9"), (R.ID,)) == []
+        d = store.wait_for_index()
+        assert d["rows"] == 10 and d.get("pending_index_rows", 0) == 0
+        assert store.retry_count() == 0  # nothing was away
+
     # search -------------------------------------------------------------------------------
 
     def test_search_finds_itself_first(self, shared):
@@ -542,6 +556,13 @@ class TestStoreConformance:
                 other.drop()
 
     # close --------------------------------------------------------------------------------
+
+    def test_configured_from_store_settings(self, backend: Backend):
+        settings = StoreSettings(db=backend.uri, collection=backend.collection,
+                                 index_plan=getattr(backend, "plan", None), search_consistency="bounded")
+        with MilvusStore.configured(settings) as s:
+            assert (s.uri, s.collection, s.search_consistency) == (backend.uri, backend.collection, "bounded")
+            assert s.ensure_collection(DIM, MODEL).index_type == backend.index_type
 
     def test_a_store_is_a_context_manager(self, backend: Backend):
         with backend.open() as s:
