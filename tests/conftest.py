@@ -61,6 +61,7 @@ def _fast_tier_guard(request, monkeypatch):
             raise SlowTierOnly(f"{request.node.nodeid} starts {what}: mark it slow (pytest.mark.slow)")
         return _refused
 
+    import open_clip  # noqa: F401 - imported before the guard: torch probes its CUDA libraries in a subprocess at import
     import ray
     import ray._private.worker as ray_worker
 

@@ -17,15 +17,9 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import TINY, TINY_ENV
+from tests.conftest import TINY, TINY_ENV, free_port, subprocess_env, tiny_settings
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
@@ -71,30 +65,30 @@ def _cmdline(pid: int) -> str:
 
 
 def _sigint_ignored() -> None:
-    """Child setup: its own session, and SIGINT ignored as `cmd &` in a script leaves it."""
+    """Child setup: its own session, SIGINT ignored as `cmd &` in a script leaves it, and
+    SIGTERM at its default whatever this process inherited."""
     os.setsid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory):
-    """Flags and environment of a milvus-lite collection embedded by `pixlake embed`."""
+def embedded(ray_session, tmp_path_factory):
+    """Flags and environment of a milvus-lite collection (embedded on the session's Ray)."""
     from pixlake.platform.corpus import write_corpus
+    from pixlake.platform.pipeline.job import run_embed_job
 
     root = tmp_path_factory.mktemp("serve-cli")
     write_corpus(root / "corpus", 48, seed=1)
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV}
+    run_embed_job(str(root / "corpus" / "images"), tiny_settings(root / "p.db"))
     flags = ["--db", str(root / "p.db"), "--model", TINY[0], "--pretrained", TINY[1]]
-    embed = subprocess.run([str(BIN / "pixlake"), "embed", str(root / "corpus" / "images"), *flags],
-                           capture_output=True, text=True, timeout=300, env=env)
-    assert embed.returncode == 0, embed.stderr[-2000:]
-    return flags, {**env, "PIXLAKE_API_KEYS": "k1:default:search"}
+    return flags, subprocess_env(**TINY_ENV, PIXLAKE_API_KEYS="k1:default:search")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_serve_answers_then_stops_on_signal_with_sigint_ignored(embedded, stop_signal):
     flags, env = embedded
-    port = _free_port()
+    port = free_port()
     serve = subprocess.Popen([str(BIN / "pixlake"), "serve", *flags, "--port", str(port)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_sigint_ignored)
     try:
