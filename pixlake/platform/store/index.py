@@ -11,11 +11,13 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.index_plan import IndexPlan
 from pixlake.platform.store.backends import LITE
+
+if TYPE_CHECKING:  # imported where a plan is read: importing the store stays free of numpy
+    from pixlake.platform.index_plan import IndexPlan
 
 METRIC = "COSINE"
 MAX_TOPK = 16384  # Milvus refuses a search limit above this
@@ -73,6 +75,8 @@ def planned_index(backend: str, plan_path: Optional[Path] = None) -> IndexChoice
         return choose_index(backend)
     if not Path(plan_path).is_file():
         raise ConfigError(f"index plan not found: {plan_path} (make one with pixlake plan-index)")
+    from pixlake.platform.index_plan import IndexPlan
+
     return choose_index(backend, IndexPlan.load(Path(plan_path)))
 
 
