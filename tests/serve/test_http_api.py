@@ -143,18 +143,31 @@ def test_invalid_requests_get_4xx_json(served, body, field):
         assert field in resp.json()["message"]
 
 
+# Every must-reject file of tests/badinputs.py and the (status, error) a search with it gets:
+# not a decodable image format 415, too many pixels 413, broken data 422.
+BAD_IMAGE_ANSWERS = {
+    "truncated.jpg": (422, "undecodable_image"),
+    "empty.jpg": (422, "invalid_request"),  # an empty "image" fails the request schema
+    "text.jpg": (415, "unsupported_media_type"),
+    "page.png": (415, "unsupported_media_type"),
+    "portable_pixmap.jpg": (415, "unsupported_media_type"),
+    "junk_header.jpg": (422, "undecodable_image"),
+    "bomb.png": (413, "payload_too_large"),
+    "bomb_huge.png": (413, "payload_too_large"),
+}
+
+
 def test_bad_images(served, tmp_path):
     from tests.badinputs import write_bad_input_corpus
 
     _, reject = write_bad_input_corpus(tmp_path)
-    expect = {"text.jpg": 415, "html.png": 415, "truncated.jpg": 422, "zero.jpg": 422, "bomb.png": 413}
-    names = {p.name: p for p in reject.values()}
-    for name, status in expect.items():
-        match = next((p for n, p in names.items() if n.startswith(name.split(".")[0])), None)
-        if match is None:
-            continue
-        resp = _post(served, "/v1/search", {"image": _b64(match)})
-        _assert_error(resp, status)
+    assert set(BAD_IMAGE_ANSWERS) == set(reject), "every bad input has exactly one expected answer"
+    answers = {}
+    for name, path in reject.items():
+        resp = _post(served, "/v1/search", {"image": _b64(path)})
+        _assert_error(resp, resp.status_code)
+        answers[name] = (resp.status_code, resp.json()["error"])
+    assert answers == BAD_IMAGE_ANSWERS
     big = io.BytesIO()
     Image.effect_noise((800, 800), 64).convert("RGB").save(big, "PNG")  # ~ >1 MB of noise
     resp = _post(served, "/v1/search", {"image": base64.b64encode(big.getvalue()).decode()})
