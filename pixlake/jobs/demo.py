@@ -112,6 +112,7 @@ def run(config: DemoConfig) -> int:
     import pyarrow.parquet as pq
     import ray
 
+    from pixlake.jobs.console import progress_display
     from pixlake.platform.corpus import MANIFEST, write_corpus
     from pixlake.platform.evaluation import evaluate, save
     from pixlake.platform.pipeline.job import run_embed_job
@@ -128,8 +129,10 @@ def run(config: DemoConfig) -> int:
     manifest = config.data / MANIFEST
 
     emit(f"\n== 2. Ray embed job: {manifest} -> {config.db} with {config.model} ({config.pretrained})")
-    emit(run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
-        update={"report": config.out / "embed-report.json"})})).summary())
+    with progress_display() as progress:
+        report = run_embed_job(str(manifest), settings.model_copy(update={"job": settings.job.model_copy(
+            update={"report": config.out / "embed-report.json"})}), progress=progress)
+    emit(report.summary())
 
     emit("\n== 3. evaluation through the store (held-out query phrasings; same-label image neighbours)")
     result = evaluate(str(manifest), settings)
