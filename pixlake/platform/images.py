@@ -21,8 +21,9 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import pydantic
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pixlake.platform.settings import DecodeLimits  # the caps are settings (job.decode); imported from here too
 
 logger = logging.getLogger(__name__)
 
@@ -40,21 +41,6 @@ _WHITE = (255, 255, 255)
 # Non-image payloads that commonly arrive with image file names; named in the reason.
 _SNIFF = ((b"<!doctype html", "HTML"), (b"<html", "HTML"), (b"<svg", "SVG"),
           (b"<?xml", "XML"), (b"%pdf", "PDF"), (b"pk\x03\x04", "ZIP"))
-
-
-class DecodeLimits(pydantic.BaseModel):
-    """Caps applied to every decode, before any pixel data is expanded."""
-
-    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
-
-    max_bytes: int = pydantic.Field(
-        default=50 * 1024 * 1024, gt=0,
-        description="Largest encoded input accepted, in bytes; checked before parsing.")
-    max_pixels: int = pydantic.Field(
-        default=100_000_000, gt=0,
-        description="Largest width*height accepted; checked from the header before "
-                    "pixels are decoded (decompression-bomb guard); Pillow refuses "
-                    "anything over ~179M pixels whatever this says.")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 Precedence, highest first: explicit overrides (CLI flags) > environment variables
 (``PIXLAKE_<SECTION>__<FIELD>``, e.g. ``PIXLAKE_STORE__DB``) > a YAML file > defaults.
+
+This module depends on nothing of pixlake above :mod:`pixlake.platform.errors`: the plain
+values other modules share with it (the decode caps, the retry deadline, which backend a
+``db`` names) live here, and those modules import them from here.
 """
 
 from __future__ import annotations
@@ -19,12 +23,43 @@ from pydantic_settings import (
 )
 
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.images import DecodeLimits
-from pixlake.platform.store import DEFAULT_RETRY_DEADLINE_S
+
+DEFAULT_RETRY_DEADLINE_S = 120.0  # how long a store call retries a Milvus server that is down
+LITE, SERVER = "milvus-lite", "milvus-server"
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 
 # The YAML file of the load in progress; a context variable rather than a class attribute
 # so two loads in one process (tests, Serve replicas) never see each other's file.
 _yaml_file: ContextVar[Optional[Path]] = ContextVar("pixlake_yaml_file", default=None)
+
+
+def backend_of(uri: str) -> str:
+    """Tell milvus-lite paths (:data:`LITE`) from server URIs (:data:`SERVER`).
+
+    Raises:
+        ConfigError: neither a ``.db`` path nor a server URI.
+    """
+    if uri.startswith(_SERVER_SCHEMES):
+        return SERVER
+    if uri.endswith(".db") and "://" not in uri:
+        return LITE
+    raise ConfigError(f"--db {uri!r}: expected a milvus-lite path ending in .db or a server URI like http://host:19530")
+
+
+class DecodeLimits(BaseModel):
+    """Caps applied to every decode, before any pixel data is expanded
+    (:func:`pixlake.platform.images.decode_image`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0,
+        description="Largest encoded input accepted, in bytes; checked before parsing.")
+    max_pixels: int = Field(
+        default=100_000_000, gt=0,
+        description="Largest width*height accepted; checked from the header before "
+                    "pixels are decoded (decompression-bomb guard); Pillow refuses "
+                    "anything over twice its own MAX_IMAGE_PIXELS whatever this says.")
 
 
 class StoreSettings(BaseModel):
@@ -47,8 +82,8 @@ class StoreSettings(BaseModel):
     )
     search_consistency: Literal["strong", "bounded"] = Field(
         "strong",
-        description="Milvus consistency of searches: strong sees every write that returned (the embedded 2.3 "
-                    "server waits ~400 ms per search for it); bounded may miss rows written in the last few seconds "
+        description="Milvus consistency of searches: strong sees every write that returned (a search waits "
+                    "until the server has applied them); bounded may miss rows written in the last few seconds "
                     "(Serve's default). Reads, counts and erasure checks are always strong",
     )
 

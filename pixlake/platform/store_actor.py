@@ -5,7 +5,8 @@ milvus-lite holds an exclusive lock on its data directory, so exactly one proces
 open it: the store actor is that process, pinned to the driver's node (where the file is).
 A Milvus server takes many clients, but one actor per job is still far from the
 bottleneck: it moves vectors, the encoders do the work. The governance actor owns the
-local key store and ledger (files on the driver's node) and hands keys to the stages.
+local key store and ledger (files on the driver's node) and hands each stage its
+tenant's crypto handle (:class:`~pixlake.platform.governance.tenant_crypto.TenantCrypto`).
 """
 
 from __future__ import annotations

@@ -84,3 +84,25 @@ def test_sources_that_never_end_are_rejected_rows_not_out_of_memory(governance, 
     assert reasons["fifo"].startswith("unreadable: not a regular file")
     assert reasons["proc"].startswith("too_large:")
     assert reasons["s3"].startswith("refused:")
+
+
+def test_the_load_stage_asks_once_per_tenant_for_an_identity_only_handle(governance):
+    """The stage derives with the handle the governance owner hands out (pickled, as a Ray
+    task receives it): no vector key travels to it, and its pseudonyms are the facade's."""
+    import pickle
+
+    asked = []
+
+    class Owner:  # the actor proxy's surface: a method call returns a pickled copy
+        def tenant_crypto(self, tenant, **parts):
+            asked.append((tenant, parts))
+            return pickle.loads(pickle.dumps(governance.tenant_crypto(tenant, **parts)))
+
+    png = _png()
+    load = LoadItems("acme", 10_000, Owner())
+    out = load(_items({"source": "a", "image": png, "subject": "alice"}, {"source": "b", "image": png})).to_pylist()
+    out += load(_items({"source": "c", "image": png, "subject": "alice"})).to_pylist()
+    assert asked == [("acme", {"vectors": False})]
+    assert out[0]["subject"] == out[2]["subject"] == governance.pseudonym("acme", "alice")
+    assert out[1]["subject"] == governance.pseudonym("acme", f"item:{out[1]['content_hash']}") != out[0]["subject"]
+    assert governance.keys.live_versions("acme") == []  # no vector key was created for it

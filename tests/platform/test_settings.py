@@ -251,3 +251,41 @@ def test_unknown_key_inside_a_section_rejected(tmp_path: Path, text: str, key: s
     with pytest.raises(ConfigError) as info:
         load_settings(_write(tmp_path, text))
     assert key in str(info.value)
+
+
+# --- layering -----------------------------------------------------------------------------
+
+
+def _pixlake_imports(path: Path) -> set[str]:
+    """The pixlake modules a source file imports at run time (TYPE_CHECKING blocks excluded)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for child in node.body for n in ast.walk(child)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pixlake"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("pixlake"))
+    return found
+
+
+def test_settings_depend_on_nothing_above_them():
+    import pixlake.platform.settings as settings
+
+    assert _pixlake_imports(Path(settings.__file__)) == {"pixlake.platform.errors"}
+
+
+def test_the_plain_values_other_modules_share_are_the_settings_own():
+    from pixlake.platform import images, settings
+
+    assert images.DecodeLimits is settings.DecodeLimits  # still importable where other code imports it
+    assert settings.StoreSettings().retry_deadline_s == settings.DEFAULT_RETRY_DEADLINE_S
+    assert (settings.backend_of("./x.db"), settings.backend_of("http://h:19530")) == (settings.LITE, settings.SERVER)
+    with pytest.raises(ConfigError, match="expected a milvus-lite path"):
+        settings.backend_of("x.sqlite")
+

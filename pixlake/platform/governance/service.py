@@ -2,8 +2,9 @@
 
 One :class:`Governance` per process (a job's governance actor, a Serve replica, a CLI
 command) opens the key store, the erasure ledger and the audit log in the governance
-directory. Jobs reach it through a Ray actor; stages then encrypt locally with the keys
-it hands out, so the crypto work spreads over the cluster.
+directory. Jobs reach it through a Ray actor; stages then derive and encrypt locally with
+the per-tenant crypto handle it hands out (:meth:`Governance.tenant_crypto`), so the
+crypto work spreads over the cluster and every path derives alike.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError
 from pixlake.platform.governance.audit import AuditLog
-from pixlake.platform.governance.cipher import VectorCipher, associated_data, keyed_hash, new_nonces, seal, unseal
-from pixlake.platform.governance.keys import LocalKeyService, load_master_key
+from pixlake.platform.governance.cipher import VectorCipher, associated_data, unseal
 from pixlake.platform.governance.ledger import Ledger
-from pixlake.platform.settings import GovernanceSettings, Settings
-from pixlake.platform.store import LITE, MilvusStore, backend_of
+from pixlake.platform.governance.local_keys import LocalKeyService
+from pixlake.platform.governance.master_key import load_master_key
+from pixlake.platform.governance.tenant_crypto import SEALED_META, TenantCrypto, parse_nonce
+from pixlake.platform.governance.tenant_crypto import nonce_field, protect_rows  # noqa: F401 (imported from here)
+from pixlake.platform.settings import LITE, GovernanceSettings, Settings, backend_of
+
+if TYPE_CHECKING:
+    from pixlake.platform.store import MilvusStore
 
 log = logging.getLogger(__name__)
-SEALED_META = "_sealed"  # meta key holding the sealed sensitive fields
 # Pseudonyms and keyed content hashes must survive rotation of the vector key, so they
 # come from a key namespace of their own that is never rotated.
 _IDENTITY = "identity\0"
@@ -71,8 +76,10 @@ def prepare(settings: Settings) -> Path:
 
 
 @contextmanager
-def open_governed_store(settings: Settings) -> Iterator[tuple[MilvusStore, Governance]]:
+def open_governed_store(settings: Settings) -> Iterator[tuple["MilvusStore", Governance]]:
     """The configured store with its governance, both closed on exit (erasure, export, re-key)."""
+    from pixlake.platform.store import MilvusStore
+
     governance = Governance.open(settings)
     try:
         store = MilvusStore.configured(settings.store)
@@ -82,18 +89,6 @@ def open_governed_store(settings: Settings) -> Iterator[tuple[MilvusStore, Gover
             store.close()
     finally:
         governance.close()
-
-
-def nonce_field(version: int, beta: float, nonce: bytes) -> str:
-    """The row's ``nonce`` field: tenant key version, the beta the noise was drawn with (so
-    decryption never depends on the reader's settings) and the noise nonce."""
-    return f"{version}:{beta!r}:{nonce.hex()}"
-
-
-def parse_nonce(value: str) -> tuple[int, float, bytes]:
-    """Inverse of :func:`nonce_field`."""
-    version, beta, nonce = value.split(":")
-    return int(version), float(beta), bytes.fromhex(nonce)
 
 
 class Governance:
@@ -114,7 +109,7 @@ class Governance:
         self.audit = AuditLog(self.dir / "audit.jsonl")
         self.keys = LocalKeyService(self.dir / "keys.sqlite", master, self.audit)
         self.ledger = Ledger(self.dir / "ledger.sqlite")
-        self._ciphers: dict[tuple[str, int, float, int], VectorCipher] = {}
+        self._vector_keys: dict[tuple[str, int], TenantCrypto] = {}  # (tenant, version) -> its ciphers
         self._data_keys: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (tenant, key_id) -> key, LRU
         self._cache_lock = threading.Lock()  # a replica's erasure poller evicts while queries read
         self._deny_cursor = self.ledger.denied_since(0)[0]  # the cache starts empty: nothing to evict yet
@@ -150,7 +145,25 @@ class Governance:
 
     def pseudonym(self, tenant: str, subject: str) -> str:
         """HMAC pseudonym of a raw subject id under the tenant's identity key."""
-        return keyed_hash(self.identity_key(tenant), subject.encode(), "subject")
+        return self.tenant_crypto(tenant, vectors=False).pseudonym(subject)
+
+    def tenant_crypto(self, tenant: str, version: Optional[int] = None, *, identity: bool = True,
+                      vectors: bool = True) -> TenantCrypto:
+        """A picklable handle of one tenant's crypto for a stage (see :mod:`.tenant_crypto`).
+
+        Args:
+            version: the vector key version (current by default: asked per batch, a rotation
+                shows from the next one).
+            identity: include the identity key (pseudonyms, keyed content hashes).
+            vectors: include the vector key (encryption, the cipher).
+        """
+        vector_key = self.tenant_key(tenant, version) if vectors else (None, None)
+        return self._crypto(tenant, self.identity_key(tenant) if identity else None, *vector_key)
+
+    def _crypto(self, tenant: str, identity_key: Optional[bytes], version: Optional[int],
+                vector_key: Optional[bytes]) -> TenantCrypto:
+        return TenantCrypto(tenant, identity_key, version, vector_key, beta=self.settings.beta,
+                            encryption=self.settings.encryption, sensitive_meta=tuple(self.settings.sensitive_meta))
 
     def denied(self, tenant: str, pseudonyms: Sequence[str]) -> set[str]:
         """Pseudonyms on the tenant's erasure deny-list."""
@@ -167,11 +180,9 @@ class Governance:
                beta: Optional[float] = None) -> tuple[int, VectorCipher]:
         """The vector cipher of a tenant key version (current by default) and beta (the setting by default)."""
         version, key = self.tenant_key(tenant, version)
-        beta = self.settings.beta if beta is None else beta
-        cache_key = (tenant, version, beta, dim)
-        if cache_key not in self._ciphers:
-            self._ciphers[cache_key] = VectorCipher(key, dim, beta)
-        return version, self._ciphers[cache_key]
+        if (tenant, version) not in self._vector_keys:
+            self._vector_keys[(tenant, version)] = self._crypto(tenant, None, version, key)
+        return version, self._vector_keys[(tenant, version)].cipher(dim, beta)
 
     def live_versions(self, tenant: str) -> list[int]:
         """The tenant's key versions not retired, oldest first: more than one while a
@@ -265,35 +276,4 @@ class Governance:
                 meta.update(json.loads(unseal(meta.pop(SEALED_META), key, aad)))
             out.append({**r, R.VECTOR: vectors[i], R.SOURCE: unseal(r[R.SOURCE], key, aad), R.META: meta})
         return out
-
-
-def protect_rows(rows: list[dict], version: int, cipher: VectorCipher, keys: dict[str, tuple[str, bytes]],
-                 sensitive: Sequence[str]) -> list[dict]:
-    """Encrypt the vectors and seal the sources (and sensitive metadata) of store records of one tenant.
-
-    Args:
-        rows: store records (``vector`` plaintext, ``meta`` a dict); every subject must be in ``keys``.
-        version, cipher: the tenant key version and its cipher.
-        keys: pseudonym -> (key_id, data key).
-        sensitive: metadata fields to seal.
-
-    Returns:
-        New records with ``vector``, ``source``, ``meta``, ``nonce`` and ``key_id`` protected.
-    """
-    if not rows:
-        return []
-    nonces = new_nonces(len(rows))
-    data_keys = [keys[r[R.SUBJECT]][1] for r in rows]
-    vectors = cipher.encrypt(np.asarray([r[R.VECTOR] for r in rows], np.float32), data_keys, nonces)
-    out = []
-    for r, vector, nonce, key in zip(rows, vectors, nonces, data_keys):
-        key_id = keys[r[R.SUBJECT]][0]
-        aad = associated_data(r[R.ID], r[R.TENANT], key_id)
-        meta = dict(r[R.META])
-        secret = {f: meta.pop(f) for f in sensitive if f in meta}
-        if secret:
-            meta[SEALED_META] = seal(json.dumps(secret), key, aad)
-        out.append({**r, R.VECTOR: [float(x) for x in vector], R.SOURCE: seal(r[R.SOURCE], key, aad), R.META: meta,
-                    R.NONCE: nonce_field(version, cipher.beta, nonce), R.KEY_ID: key_id})
-    return out
 

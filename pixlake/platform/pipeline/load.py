@@ -4,9 +4,10 @@ The job's tenant is every row's tenant: a manifest naming another one is a rejec
 (``tenant_mismatch``) unless the operator allowed manifest tenants, so the author of a
 manifest cannot write into a tenant the job was not started for.
 
-The subject pseudonym and the content hash are keyed under the tenant's identity key
-(from the governance actor), so neither a raw subject id nor a probe-able plain hash of
-the image reaches the store.
+The subject pseudonym and the content hash are keyed under the tenant's identity key,
+derived by the tenant's crypto handle from the governance actor (the derivation erasure
+uses too), so neither a raw subject id nor a probe-able plain hash of the image reaches
+the store.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform import records as R
-from pixlake.platform.governance.cipher import keyed_content_hash, keyed_hash
-from pixlake.platform.images import content_hash
+from pixlake.platform.governance.tenant_crypto import TenantCrypto
 from pixlake.platform.pipeline.rows import OK, rejected, table
 from pixlake.platform.source_files import SourceReader, SourceRefused, SourceTooLarge, SourceUnavailable
 
@@ -41,15 +41,13 @@ class LoadItems:
         self.allow_manifest_tenants = allow_manifest_tenants
         self.reader = SourceReader(max_bytes)
         self.governance = governance
-        self._identity: dict[str, bytes] = {}
+        self._crypto: dict[str, TenantCrypto] = {}  # identity keys are never rotated: one ask per tenant
 
     def _identify(self, tenant: str, subject: str, data: bytes) -> tuple[str, str]:
         """(subject pseudonym, keyed content hash); an item with no subject is its own."""
-        if tenant not in self._identity:
-            self._identity[tenant] = self.governance.identity_key(tenant)
-        key = self._identity[tenant]
-        digest = keyed_content_hash(key, content_hash(data))
-        return keyed_hash(key, (subject or R.item_subject(digest)).encode(), "subject"), digest
+        if tenant not in self._crypto:
+            self._crypto[tenant] = self.governance.tenant_crypto(tenant, vectors=False)
+        return self._crypto[tenant].identify(subject, data)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = []

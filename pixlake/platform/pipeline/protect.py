@@ -1,9 +1,10 @@
 """Protect stage: encrypt each vector (searchable, scale-and-perturb) and seal each source
 and sensitive metadata under the subject's data key (DESIGN.md "Governance").
 
-Keys come from the governance actor once per batch and tenant; the encryption itself runs
-here, spread over the cluster's tasks. A subject erased since the read-time check gets no
-key, and its rows stop here.
+Per batch and tenant, the governance actor hands out the tenant's crypto handle (the
+current key version) and the subjects' data keys; the encryption itself runs here, spread
+over the cluster's tasks, through the same derivation re-keying uses. A subject erased
+since the read-time check gets no key, and its rows stop here.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pixlake.platform.governance.cipher import VectorCipher
-from pixlake.platform.governance.service import protect_rows
+from pixlake.platform.governance.tenant_crypto import TenantCrypto
 from pixlake.platform.pipeline.rows import ERASED, OK, SKIPPED, table
 
 
@@ -31,22 +31,23 @@ class ProtectRows:
     def __init__(self, governance: Any, dim: int):
         self.governance = governance
         self.dim = dim
-        self.settings = governance.settings_json()
-        self._ciphers: dict[tuple[str, int], VectorCipher] = {}
+        self.encryption = governance.settings_json()["encryption"]
+        self._crypto: dict[str, TenantCrypto] = {}
 
-    def _cipher(self, tenant: str) -> tuple[int, VectorCipher]:
+    def _handle(self, tenant: str) -> TenantCrypto:
         # The current version is asked for every batch (one actor call), not once per task:
         # after a rotation (pixlake rekey) the next batch already writes under the new key.
-        version, key = self.governance.tenant_key(tenant)
-        if (tenant, version) not in self._ciphers:
-            self._ciphers[(tenant, version)] = VectorCipher(key, self.dim, self.settings["beta"])
-        return version, self._ciphers[(tenant, version)]
+        # The handle of an unchanged version is kept, with the ciphers it has built.
+        crypto = self.governance.tenant_crypto(tenant, identity=False)
+        if tenant not in self._crypto or self._crypto[tenant].version != crypto.version:
+            self._crypto[tenant] = crypto
+        return self._crypto[tenant]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         for r in rows:
             r["nonce"], r["key_id"] = "", ""
-        if self.settings["encryption"]:
+        if self.encryption:
             by_tenant: dict[str, list[dict]] = defaultdict(list)
             for r in rows:
                 if r["status"] == OK:
@@ -61,8 +62,8 @@ class ProtectRows:
             if r["subject"] not in keys:
                 r["status"], r["reason"] = SKIPPED, ERASED
         group = [r for r in group if r["status"] == OK]
-        version, cipher = self._cipher(tenant)
+        crypto = self._handle(tenant)
         records = [{**r, "meta": json.loads(r["meta"] or "{}")} for r in group]
-        for r, p in zip(group, protect_rows(records, version, cipher, keys, self.settings["sensitive_meta"])):
+        for r, p in zip(group, crypto.protect(records, keys)):
             r.update(vector=np.asarray(p["vector"], np.float32), source=p["source"], meta=json.dumps(p["meta"]),
                      nonce=p["nonce"], key_id=p["key_id"])
