@@ -4,7 +4,6 @@ against a real Milvus server (embedded ``milvus`` package) with a planned IVF_PQ
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -100,13 +99,14 @@ def test_embed_search_and_erase_against_the_server(ray_session, corpus_dir, tmp_
         store.drop()
 
 
-def test_an_erasure_crashed_between_any_two_steps_resumes_on_the_server(ray_session, tmp_path, server_settings):
+def test_an_erasure_crashed_between_any_two_steps_resumes_on_the_server(ray_session, tmp_path, server_settings,
+                                                                       monkeypatch, capsys):
     import subprocess
     import sys
 
     from pixlake.platform.corpus import write_corpus
     from pixlake.platform.governance.erasure import FAULT_ENV
-    from tests.conftest import TINY_ENV
+    from tests.conftest import TINY_ENV, run_cli, subprocess_env
 
     write_corpus(tmp_path / "c", 24, seed=13, holdout=1.0)
     rows = pq.read_table(tmp_path / "c" / "manifest.parquet").to_pylist()
@@ -114,16 +114,20 @@ def test_an_erasure_crashed_between_any_two_steps_resumes_on_the_server(ray_sess
     pq.write_table(pa.table({"path": [str(tmp_path / "c" / r["path"]) for r in rows],
                              "subject": [subjects[i % len(subjects)] for i in range(len(rows))]}), tmp_path / "rows.parquet")
     assert run_embed_job(str(tmp_path / "rows.parquet"), server_settings).embedded == len(rows)
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV,
-           "PIXLAKE_GOVERNANCE__KEY_DIR": str(server_settings.governance.key_dir),
+    env = {**TINY_ENV, "PIXLAKE_GOVERNANCE__KEY_DIR": str(server_settings.governance.key_dir),
            "PIXLAKE_GOVERNANCE__BETA": str(TINY_BETA)}
-    erase = [str(Path(sys.executable).parent / "pixlake"), "erase", "--db", server_settings.store.db, "--json", "--subject"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    erase = ["erase", "--db", server_settings.store.db, "--json", "--subject"]
     for step, subject in zip(STEPS[:-1], subjects):
-        crashed = subprocess.run([*erase, subject], env={**env, FAULT_ENV: step}, capture_output=True, text=True, timeout=300)
+        # the crash kills its process (exit 137), so it needs one; the resume runs here
+        crashed = subprocess.run([str(Path(sys.executable).parent / "pixlake"), *erase, subject],
+                                 env=subprocess_env(**env, **{FAULT_ENV: step}), capture_output=True, text=True, timeout=300)
         assert crashed.returncode == 137, (step, crashed.stderr[-2000:])
-        resumed = subprocess.run([*erase, subject], env=env, capture_output=True, text=True, timeout=300)
-        assert resumed.returncode == 0, (step, resumed.stderr[-2000:])
-        receipt = json.loads(resumed.stdout)
+        code = run_cli(*erase, subject)
+        out, err = capsys.readouterr()
+        assert code == 0, (step, err[-2000:])
+        receipt = json.loads(out)
         assert receipt["verified"] and [s["name"] for s in receipt["steps"]] == list(STEPS[:-1]), step  # each step once
     with open_governed_store(server_settings) as (store, governance):
         try:
