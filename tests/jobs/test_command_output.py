@@ -120,3 +120,28 @@ def test_the_progress_display_shows_items_of_total_rate_and_eta(monkeypatch):
     terminal(10, None)
     terminal.close()
     assert terminal.stream.getvalue() == "\rembedding  0 items  0.0 images/s\rembedding  10 items  5.0 images/s\n"
+
+
+def test_an_embed_command_shows_its_report_and_one_progress_display_and_logs_rays_lines(ray_session, capfd, tmp_path,
+                                                                                         monkeypatch):
+    import json
+    import tempfile
+
+    from pixlake.platform.corpus import write_corpus
+    from tests.conftest import TINY, TINY_ENV, run_cli
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for name, value in TINY_ENV.items():
+        monkeypatch.setenv(name, value)
+    write_corpus(tmp_path / "c", 4, seed=5)
+    code = run_cli("embed", str(tmp_path / "c" / "images"), "--db", str(tmp_path / "p.db"), "--model", TINY[0],
+                   "--pretrained", TINY[1], "--json")
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["embedded"] == 4  # stdout: the report alone
+    progress = [line for line in err.splitlines() if line.startswith("embedding  ")]
+    assert progress and progress[-1].startswith("embedding  4/4 items  "), err
+    # Ray Data's execution lines and the driver's actor-restart notice: in the log, not on stderr
+    log = next((tmp_path / "pixlake").glob("embed-*.log")).read_text()
+    for line in ("Starting execution of Dataset", "max_restarts > 0"):
+        assert line in log and line not in err, line
