@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Iterator, Optional, Sequence
 
-from pixlake.platform.store.backends import LITE
+from pixlake.platform.settings import LITE
 from pixlake.platform.store.retry import store_call
 from pixlake.platform.store.schema import is_pixlake_collection
 

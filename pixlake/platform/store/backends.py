@@ -1,4 +1,5 @@
-"""Which backend a ``--db`` names, and what milvus-lite needs beside the client.
+"""What milvus-lite needs beside the client (which backend a ``--db`` names is
+:func:`~pixlake.platform.settings.backend_of`).
 
 milvus-lite runs in-process: its path must be writable, one process holds its file lock,
 and the per-path server it starts outlives the client, so the store counts its openers
@@ -12,28 +13,14 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from pixlake.platform.errors import ConfigError, StoreError
+from pixlake.platform.errors import StoreError
+from pixlake.platform.settings import LITE, backend_of
 
-LITE, SERVER = "milvus-lite", "milvus-server"
-_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://")
 # How long opening milvus-lite waits for another process (a job's store actor still
 # exiting) to release the file lock. Read at call time: tests shorten it.
 LOCK_WAIT_S = 30.0
 # Open stores per milvus-lite path in this process (they share one in-process server).
 _lite_users: Counter[str] = Counter()
-
-
-def backend_of(uri: str) -> str:
-    """Tell milvus-lite paths from server URIs.
-
-    Raises:
-        ConfigError: neither a ``.db`` path nor a server URI.
-    """
-    if uri.startswith(_SERVER_SCHEMES):
-        return SERVER
-    if uri.endswith(".db") and "://" not in uri:
-        return LITE
-    raise ConfigError(f"--db {uri!r}: expected a milvus-lite path ending in .db or a server URI like http://host:19530")
 
 
 def check_db_location(uri: str) -> None:

@@ -30,12 +30,13 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError, PixlakeError, StoreError
+from pixlake.platform.settings import DEFAULT_RETRY_DEADLINE_S, LITE, SERVER, backend_of
 from pixlake.platform.store import backends
 from pixlake.platform.store.admin import CollectionAdmin
-from pixlake.platform.store.backends import LITE, SERVER, backend_of, check_db_location
+from pixlake.platform.store.backends import check_db_location
 from pixlake.platform.store.filters import literal
 from pixlake.platform.store.index import IndexChoice, planned_index, recorded_index
-from pixlake.platform.store.retry import DEFAULT_RETRY_DEADLINE_S, store_call, transient
+from pixlake.platform.store.retry import store_call, transient
 from pixlake.platform.store.schema import check_compatible, create_collection
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.store.backends import LITE
+from pixlake.platform.settings import LITE
 
 if TYPE_CHECKING:  # imported where a plan is read: importing the store stays free of numpy
     from pixlake.platform.index_plan import IndexPlan

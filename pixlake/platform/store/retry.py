@@ -13,11 +13,10 @@ import re
 import time
 
 from pixlake.platform.errors import PixlakeError, StoreError
-from pixlake.platform.store.backends import SERVER
+from pixlake.platform.settings import SERVER
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETRY_DEADLINE_S = 120.0
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0  # doubling between the two
 # A Milvus server that is down or restarting: the client cannot connect (code 2), or the
 # server is back but has not reloaded the collection yet (code 101), or gRPC gave up.
