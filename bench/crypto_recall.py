@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pixlake.platform.corpus import HOLDOUT_TEMPLATES, MANIFEST, query_text, write_corpus  # noqa: E402
 from pixlake.platform.encoder import load_encoder  # noqa: E402
 from pixlake.platform.governance.cipher import VectorCipher, new_nonces  # noqa: E402
+from pixlake.platform.index_plan import exact_topk, normalise, recall  # noqa: E402
 
 MODEL = ("pixlake-demo", "bundled")
 BETAS = (0.5, 1.0, 1.5, 2.0)
@@ -41,16 +43,8 @@ K = 10
 
 
 def _topk(queries: np.ndarray, base: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    b = base / np.linalg.norm(base, axis=1, keepdims=True)
-    scores = q @ b.T
-    if exclude_self:
-        np.fill_diagonal(scores, -np.inf)
-    return np.argsort(-scores, axis=1)[:, :k]
-
-
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+    """Exact top-k by cosine; with ``exclude_self``, query i never finds row i."""
+    return exact_topk(normalise(queries), normalise(base), k, np.arange(len(queries)) if exclude_self else None)[0]
 
 
 def recall_table(plain: np.ndarray, text: np.ndarray, rng: np.random.Generator) -> list[str]:
@@ -68,12 +62,12 @@ def recall_table(plain: np.ndarray, text: np.ndarray, rng: np.random.Generator) 
         decrypted = cipher.decrypt(stored, keys, nonces)
         for kind, (queries, self_) in kinds.items():
             enc_q = cipher.encrypt_query(queries)
-            cells = [f"{_recall(_topk(enc_q, stored, K, self_), truth[kind]):.3f}"]
+            cells = [f"{recall(_topk(enc_q, stored, K, self_), truth[kind]):.3f}"]
             for factor in FACTORS:
                 candidates = _topk(enc_q, stored, K * factor, self_)
                 exact = np.einsum("qd,qcd->qc", queries, decrypted[candidates])
                 reranked = np.take_along_axis(candidates, np.argsort(-exact, axis=1)[:, :K], axis=1)
-                cells.append(f"{_recall(reranked, truth[kind]):.3f}")
+                cells.append(f"{recall(reranked, truth[kind]):.3f}")
             lines.append(f"| {beta} | {kind} | " + " | ".join(cells) + " |")
     return lines
 
@@ -145,13 +139,13 @@ def query_latency(work: Path, encoder, queries: np.ndarray) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="images whose embeddings the recall table uses")
     parser.add_argument("--job-n", type=int, default=1000, help="images per embed-job run")
     parser.add_argument("--rounds", type=int, default=3, help="embed-job runs per mode (after one warm-up run)")
     parser.add_argument("--queries", type=int, default=200, help="queries for the latency figures")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import pyarrow.parquet as pq
     from PIL import Image
 

@@ -42,7 +42,7 @@ Part 2 (``--images 1000,10000,100000``): the embed job's wall time at each size 
 model, milvus-lite), a least-squares fit t = a + b·n, and the share of per-image CPU time
 in read / decode / embed / protect / write, each stage timed alone in this process.
 
-Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [--plan-sample 20000] [--images 1000,10000,100000] [--skip-index] [--skip-job]``
+Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [--plan-sample 20000] [--images 1000,10000,100000] [--skip-index] [--skip-job] [--uri URI]``
 """
 
 from __future__ import annotations
@@ -56,10 +56,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pixlake.platform.index_plan import exact_topk, recall  # noqa: E402
 
 DIM, K = 512, 10
 PLAN_MS = (8, 16, 32, 64)  # the target: index memory <= 64 bytes/vector, so m <= 64 at 8-bit codes
@@ -111,23 +114,9 @@ class Isotropic:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def exact_topk(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (ids, scores) by inner product, over the base in chunks (bounded memory)."""
-    best_s = np.full((len(queries), k), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), k), np.int64)
-    for start in range(0, len(base), chunk):
-        s = queries @ base[start:start + chunk].T
-        kk = min(k, s.shape[1] - 1)
-        idx = np.argpartition(-s, kk, axis=1)[:, :kk + 1]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, idx, 1)], 1)
-        cand_i = np.concatenate([best_i, idx + start], 1)
-        order = np.argsort(-cand_s, 1)[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
-    return best_i, best_s
-
-
-def recall(found: list[list[int]], truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f[:K]) & set(t[:K])) / K for f, t in zip(found, truth)]))
+def vectors(gen, n: int) -> np.ndarray:
+    """``n`` rows of ``gen`` in 100k chunks, each seeded by its offset (the same rows at any ``n``)."""
+    return np.concatenate([gen.sample(min(100_000, n - s), 1 + s) for s in range(0, n, 100_000)])
 
 
 def describe_data(base: np.ndarray, scores: dict[str, np.ndarray], text_q: np.ndarray) -> str:
@@ -193,7 +182,22 @@ def milvus_server(base_dir: Path, config: dict):
             print(f"WARNING: milvus server {pid} still running after stop", file=sys.stderr)
 
 
-def rss_mib(pid: int) -> float:
+@contextmanager
+def milvus_uri(uri: Optional[str], base_dir: Path, config: dict):
+    """Yields ``(uri, server pid or None)``: ``uri`` itself when given (a server already running,
+    such as the test suite's; ``config`` is not applied to it and its pid is unknown), else the
+    embedded server started under ``base_dir`` with ``config`` (:func:`milvus_server`)."""
+    if uri:
+        yield uri, None
+        return
+    with milvus_server(base_dir, config) as server:
+        yield f"http://127.0.0.1:{server.listen_port}", server.server_proc.pid
+
+
+def rss_mib(pid: Optional[int]) -> float:
+    """Resident memory of ``pid`` in MiB (NaN when the pid is unknown)."""
+    if pid is None:
+        return float("nan")
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -294,14 +298,14 @@ def qps(client, name: str, queries: np.ndarray, search_params: dict, concurrency
 
 
 def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sample: int, batch: int, build_timeout: float,
-               alpha: float = 1.0, spread: float = 0.7) -> None:
+               alpha: float = 1.0, spread: float = 0.7, uri: Optional[str] = None) -> None:
     from pymilvus import MilvusClient
 
     from pixlake.platform.index_plan import plan_index, plan_summary
 
     t0 = time.perf_counter()
     gen = LowRank(max(100, n // 500), alpha, spread) if data == "lowrank" else Isotropic(max(100, n // 500))
-    base = np.concatenate([gen.sample(min(100_000, n - s), 1 + s) for s in range(0, n, 100_000)])
+    base = vectors(gen, n)
     image_q, text_q = gen.sample(queries_n, 999), gen.sample(queries_n, 998, "text")
     print(f"== index on a Milvus server: {n:,} {data}{f' (alpha {alpha}, spread {spread})' if data == 'lowrank' else ''} {DIM}-d vectors (generated in {time.perf_counter() - t0:.0f} s), "
           f"{queries_n} image and {queries_n} text queries, k={K}", flush=True)
@@ -336,9 +340,8 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
     # Segments fill to dataCoord.segment.maxSize (512 MB, ~260k rows here) before sealing,
     # as compaction would leave them, instead of sealing at 23% (~60k rows) and building
     # IVF_PQ (training included) once per small segment.
-    with milvus_server(work / "milvus", {"dataCoord.segment.sealProportion": 1.0}) as server:
-        client = MilvusClient(f"http://127.0.0.1:{server.listen_port}")
-        pid = server.server_proc.pid
+    with milvus_uri(uri, work / "milvus", {"dataCoord.segment.sealProportion": 1.0}) as (server_uri, pid):
+        client = MilvusClient(server_uri)
         print(f"milvus server RSS before any collection: {rss_mib(pid):.0f} MiB", flush=True)
         rows = []
         for label, index, sp, factor in (
@@ -353,8 +356,8 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
             print(f"{label}: insert {t['insert']:.0f} s, flush {t['flush']:.0f} s, index build {t['build']:.0f} s, "
                   f"load {t['load']:.0f} s; server RSS {rss:.0f} MiB; segments "
                   f"{sorted(seg.num_rows for seg in client.list_loaded_segments(name))}", flush=True)
-            r = {q: {"plain": recall(search(client, name, qs, sp), truth[q]),
-                     "reranked": recall(search(client, name, qs, sp, factor), truth[q])}
+            r = {q: {"plain": recall(search(client, name, qs, sp), truth[q][:, :K]),
+                     "reranked": recall(search(client, name, qs, sp, factor), truth[q][:, :K])}
                  for q, qs in (("image", image_q), ("text", text_q))}
             rss = (rss, rss_mib(pid))  # the re-rank's reads pull raw vectors in (IVF_PQ holds only codes)
             # QPS of the top-k alone, and of the query pixlake runs (FLAT needs no re-rank: it is exact)
@@ -450,7 +453,7 @@ def stage_shares(root: Path, rows: list[dict]) -> None:
           ", ".join(f"{k} {1000 * v / len(rows):.2f} ms ({100 * v / total:.0f}%)" for k, v in timings.items()))
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
@@ -464,10 +467,12 @@ def main() -> None:
     parser.add_argument("--images", default="1000,10000,100000")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--uri", help="a running Milvus server instead of starting the embedded one (its segment "
+                                      "settings are its own, and its memory is not reported)")
+    args = parser.parse_args(argv)
     if not args.skip_index:
         index_part(args.vectors, args.queries, args.qps_seconds, args.data, args.plan_sample, args.batch, args.build_timeout,
-                   args.alpha, args.spread)
+                   args.alpha, args.spread, args.uri)
     if not args.skip_job:
         job_part([int(x) for x in args.images.split(",")])
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.index_plan import IndexPlan, SegmentedIndex, choose_nlist, plan_index, segment_bounds
+from pixlake.platform.index_plan import (
+    IndexPlan, SegmentedIndex, choose_nlist, exact_topk, plan_index, recall, segment_bounds,
+)
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -91,3 +93,18 @@ def test_the_plan_models_segments_and_picks_the_smallest_re_rank_that_meets_the_
     # PQ alone at m=4 misses, and a larger re-rank is what repairs it
     small = plan.candidates[0]
     assert small["recall"]["image_to_image"]["pq"] < 0.95 and small["rerank_factor"] > 2
+
+
+def test_exact_topk_in_chunks_matches_one_pass_and_excludes_a_querys_own_row():
+    x, _ = _clustered(1000, 16, seed=5)
+    queries = x[:20]
+    ids, scores = exact_topk(queries, x, 15, exclude=np.arange(20), chunk=8)  # chunks smaller than k
+    full = queries @ x.T
+    full[np.arange(20), np.arange(20)] = -np.inf
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :15]
+    assert (ids == expected).all()
+    assert np.allclose(scores, np.take_along_axis(full, expected, 1))
+    assert not (ids == np.arange(20)[:, None]).any()
+    # recall: the share of the true ids found, ignoring -1 pads
+    assert recall(np.where(np.arange(15) < 10, ids, -1), ids) == pytest.approx(10 / 15)
+    assert recall([list(ids[0][::-1])], ids[:1]) == 1.0
