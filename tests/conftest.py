@@ -106,6 +106,22 @@ def run_cli(*argv: str) -> int:
         return e.code if isinstance(e.code, int) else 1
 
 
+def read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Read ``proc``'s text stdout until a line holds ``marker`` (returned); fail with what it
+    printed if it exits or ``timeout`` seconds pass first."""
+    import time
+
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if marker in line:
+            return line
+    raise AssertionError(f"no {marker!r} within {timeout}s; output:\n{''.join(seen)}")
+
+
 def free_port() -> int:
     """A loopback TCP port free right now (the OS picks it)."""
     with socket.socket() as s:

@@ -20,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.test_serve_cli import _free_port, _read_until
+from tests.conftest import free_port, read_until, subprocess_env, with_default_signals
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,21 +36,21 @@ DESKTOP, PHONE = {"width": 1200, "height": 900}, {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
-def demo_app(tmp_path_factory):
-    """``pixlake serve`` over the demo corpus (seed 1, as ``make demo``) embedded by ``pixlake embed``."""
+def demo_app(ray_session, tmp_path_factory):
+    """``pixlake serve`` over the demo corpus (seed 1, as ``make demo``), embedded on the session's Ray."""
     from pixlake.platform.corpus import MANIFEST, write_corpus
+    from pixlake.platform.pipeline.job import run_embed_job
+    from pixlake.platform.settings import load_settings
 
     root = tmp_path_factory.mktemp("page")
     images = write_corpus(root / "corpus", N_IMAGES, seed=1, holdout=1.0)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     flags = ["--db", str(root / "p.db"), "--model", "pixlake-demo", "--pretrained", "bundled"]
-    embed = subprocess.run([str(BIN / "pixlake"), "embed", str(root / "corpus" / MANIFEST), *flags],
-                           capture_output=True, text=True, timeout=600, env=env)
-    assert embed.returncode == 0, embed.stderr[-3000:]
+    run_embed_job(str(root / "corpus" / MANIFEST), load_settings(overrides={
+        "store": {"db": str(root / "p.db")}, "encoder": {"model": "pixlake-demo", "pretrained": "bundled"}}))
     config = root / "serve.yaml"
     config.write_text(f"rate_per_s: 0.5\nrate_burst: 60\nmax_image_bytes: {MAX_IMAGE_BYTES}\n")
-    port = _free_port()
-    env["PIXLAKE_API_KEYS"] = f"{KEY}:default:search,{DRAIN_KEY}:default:search"
+    port = free_port()
+    env = subprocess_env(PIXLAKE_API_KEYS=f"{KEY}:default:search,{DRAIN_KEY}:default:search")
     serve = _start_serve([str(BIN / "pixlake"), "serve", *flags, "--config", str(config), "--port", str(port)], env)
     try:
         manifest = pq.read_table(root / "corpus" / MANIFEST, columns=["path", "colour"]).to_pylist()
@@ -67,9 +67,9 @@ def demo_app(tmp_path_factory):
 def _start_serve(command: list, env: dict) -> subprocess.Popen:
     """Start ``pixlake serve`` and wait until it serves."""
     serve = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=with_default_signals)
     try:
-        _read_until(serve, "pixlake serving", timeout=240)
+        read_until(serve, "pixlake serving", timeout=240)
     except BaseException:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
@@ -214,6 +214,14 @@ def test_a_bad_key_shows_the_error_and_asks_again(browser, demo_app):
     page.press("#api-key", "Enter")
     page.wait_for_selector("#error", state="hidden")
     assert len(_search_text(page, "a green square")) == 24
+
+
+def test_a_typed_key_is_used_by_a_search_without_pressing_use_key(browser, demo_app):
+    # Before, the search went out without it and said the key was not accepted.
+    page = _open(browser, demo_app, key=None)
+    page.fill("#api-key", KEY)
+    assert len(_search_text(page, "a blue circle")) == 24
+    assert page.is_visible("#key-set") and page.js_errors == []
 
 
 def test_errors_and_slow_queries_are_shown_plainly(browser, demo_app, tmp_path):

@@ -17,21 +17,9 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import TINY, TINY_ENV, free_port, subprocess_env, tiny_settings
+from tests.conftest import TINY, TINY_ENV, free_port, read_until, subprocess_env, tiny_settings
 
 BIN = Path(sys.executable).parent
-
-
-def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
-    deadline, seen = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if marker in line:
-            return line
-    raise AssertionError(f"no {marker!r} within {timeout}s; output:\n{''.join(seen)}")
 
 
 def _alive(pids: list) -> list:
@@ -92,7 +80,7 @@ def test_serve_answers_then_stops_on_signal_with_sigint_ignored(embedded, stop_s
     serve = subprocess.Popen([str(BIN / "pixlake"), "serve", *flags, "--port", str(port)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_sigint_ignored)
     try:
-        line = _read_until(serve, "pixlake serving", timeout=180)
+        line = read_until(serve, "pixlake serving", timeout=180)
         url = f"http://127.0.0.1:{port}"
         assert url in line
         assert requests.get(f"{url}/readyz", timeout=30).status_code == 200

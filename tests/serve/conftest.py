@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import socket
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import SERVED_MAX_BODY_BYTES, TINY, TINY_BETA, tiny_settings
+from tests.conftest import SERVED_MAX_BODY_BYTES, TINY, TINY_BETA, free_port, tiny_settings
 
 KEYS = "ka:acme:search+embed,kf:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
 LOAD_KEYS = [f"kl{i}" for i in range(6)]  # test_replica_faults.py's steady load: its own rate-limit buckets
 KEYS += "".join(f",{k}:{'acme' if i % 2 else 'globex'}:search" for i, k in enumerate(LOAD_KEYS))
 ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +41,7 @@ def served(ray_session, tmp_path_factory):
         rate_per_s=0.5, rate_burst=150, max_body_bytes=SERVED_MAX_BODY_BYTES, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
         governance={"beta": TINY_BETA},
     )
-    url = run.start(settings, "127.0.0.1", _free_port())
+    url = run.start(settings, "127.0.0.1", free_port())
     from pixlake.platform.governance.service import governance_dir
 
     yield {"url": url, "images": images, "tenants": tenants, "initech": extra,

@@ -25,6 +25,17 @@ function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE) || "";
 }
 
+// A key typed into the field is the key to use, whether the user pressed "Use key" or went
+// straight to a search: adopt it, once, into this tab's session storage.
+function adoptTypedKey() {
+  const key = $("api-key").value.trim();
+  if (!key) return false;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("api-key").value = "";
+  showKey();
+  return true;
+}
+
 function showKey() {
   const set = Boolean(apiKey());
   $("key-form").hidden = set;
@@ -127,6 +138,7 @@ function buildQuery() {
 async function search(event) {
   if (event) event.preventDefault();
   clearError();
+  if (adoptTypedKey()) describeCollection();
   if (!apiKey()) {
     showError({ status: 401, message: "Enter an API key first." });
     return;
@@ -373,12 +385,8 @@ function init() {
   showKey();
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    const key = $("api-key").value.trim();
-    if (!key) return;
-    sessionStorage.setItem(KEY_STORAGE, key);
-    $("api-key").value = "";
+    if (!adoptTypedKey()) return;
     clearError();
-    showKey();
     describeCollection();
     $("q").focus();
   });
