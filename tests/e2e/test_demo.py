@@ -4,7 +4,6 @@ through the whole stack (embed job, milvus-lite, the store's query path)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,17 +12,17 @@ import pytest
 from pixlake.platform.corpus import write_corpus
 from pixlake.platform.evaluation import evaluate
 from pixlake.platform.settings import load_settings
+from tests.conftest import subprocess_env
 
 DEMO = ("pixlake-demo", "bundled")
 
 
 def test_demo_runs_every_piece_and_shuts_down(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "pixlake.jobs.demo", "--data", str(tmp_path / "data"), "--out", str(out),
          "--db", str(tmp_path / "p.db"), "--n", "150"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
