@@ -38,10 +38,7 @@ FAST_TIER = os.environ.get("PIXLAKE_TEST_TIER") == "fast"
 def pytest_collection_modifyitems(config, items):
     """Mark the tests that need a Ray cluster, a Serve app or a Milvus server ``slow``."""
     for item in items:
-        # "[milvus-server": a case parametrized onto the server backend, which a fixture
-        # requests at run time (tests/platform/test_store_conformance.py)
-        if (SLOW_FIXTURES.intersection(item.fixturenames) or "tests/e2e/" in item.nodeid
-                or "[milvus-server" in item.nodeid):
+        if SLOW_FIXTURES.intersection(item.fixturenames) or "tests/e2e/" in item.nodeid:
             item.add_marker(pytest.mark.slow)
 
 

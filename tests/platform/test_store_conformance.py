@@ -111,7 +111,9 @@ class ServerBackend(Backend):
 BACKENDS: dict[str, type] = {"milvus-lite": LiteBackend, "milvus-server": ServerBackend}
 
 
-@pytest.fixture(scope="module", params=sorted(BACKENDS))
+# the server backend starts the session's Milvus server: the slow tier
+@pytest.fixture(scope="module", params=[pytest.param(b, marks=pytest.mark.slow) if BACKENDS[b] is ServerBackend else b
+                                        for b in sorted(BACKENDS)])
 def backend_cls(request) -> Callable[[Path], Backend]:
     if BACKENDS[request.param] is ServerBackend:
         uri = request.getfixturevalue("milvus_server")
@@ -576,6 +578,7 @@ class TestStoreConformance:
         assert again._closed  # closed on the way out of a failing block too
         s.close()  # and a close after the block is harmless
 
+    @pytest.mark.slow  # a second process opens the store
     def test_close_twice_then_reopen_releases(self, backend: Backend):
         s = backend.open()
         s.ensure_collection(DIM, MODEL)
@@ -615,6 +618,7 @@ class TestStoreConformance:
 
     # persistence --------------------------------------------------------------------------
 
+    @pytest.mark.slow  # a second process reads the data
     def test_data_persists_across_processes(self, backend: Backend, open_store):
         s = backend.open()
         try:
