@@ -37,8 +37,8 @@ class Job:
     Attributes:
         name: the ``pixlake`` subcommand (``plan-index``).
         help: its line in ``pixlake --help``.
-        module: the module (``__name__``), also runnable as ``python -m``; its docstring
-            describes the standalone command.
+        module: the module's name (its ``__spec__.name``, which ``python -m`` keeps, unlike
+            ``__name__``); its docstring describes the standalone command.
         flags: adds the command's flags to a parser.
         config: parsed flags -> the job's validated pydantic config.
         run: the job itself, ``run(config) -> exit code``.
@@ -57,7 +57,9 @@ class Job:
     def build_parser(self, parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
         """The command's flags on ``parser`` (a ``pixlake`` subparser), or on a new parser for ``python -m``."""
         if parser is None:
-            parser = argparse.ArgumentParser(prog=f"python -m {self.module}", description=sys.modules[self.module].__doc__)
+            # run as `python -m`, the module is __main__, not (also) in sys.modules under its name
+            module = sys.modules.get(self.module) or sys.modules["__main__"]
+            parser = argparse.ArgumentParser(prog=f"python -m {self.module}", description=module.__doc__)
         self.flags(parser)
         if self.verbose:
             parser.add_argument("--verbose", action="store_true",

@@ -45,7 +45,7 @@ def run(config: CorpusConfig) -> int:
     return 0
 
 
-JOB = Job("corpus", "write a seeded captioned synthetic corpus (images + Parquet manifest)", __name__, add_flags,
+JOB = Job("corpus", "write a seeded captioned synthetic corpus (images + Parquet manifest)", __spec__.name, add_flags,
           config_of, run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -157,7 +157,7 @@ def run(config: DemoConfig) -> int:
     return 0
 
 
-JOB = Job("demo", "the whole platform on one machine", __name__, add_flags, DemoConfig.of, run, verbose=True)
+JOB = Job("demo", "the whole platform on one machine", __spec__.name, add_flags, DemoConfig.of, run, verbose=True)
 build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":

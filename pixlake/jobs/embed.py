@@ -66,7 +66,7 @@ def run(config: EmbedConfig) -> int:
     return 0
 
 
-JOB = Job("embed", "embed a corpus (same as python -m pixlake.jobs.embed)", __name__, add_flags,
+JOB = Job("embed", "embed a corpus (same as python -m pixlake.jobs.embed)", __spec__.name, add_flags,
           lambda args: EmbedConfig.of(args, settings=settings_of(args), print_json=args.json), run, verbose=True)
 build_parser, main = JOB.build_parser, JOB.main
 

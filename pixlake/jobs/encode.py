@@ -24,7 +24,7 @@ def run(config: QueryConfig) -> int:
     return 0
 
 
-JOB = Job("encode", "print the plaintext embedding of a text or image as JSON", __name__, add_flags,
+JOB = Job("encode", "print the plaintext embedding of a text or image as JSON", __spec__.name, add_flags,
           lambda args: QueryConfig.of(args, settings=settings_from_flags(args)), run)
 build_parser, main = JOB.build_parser, JOB.main
 

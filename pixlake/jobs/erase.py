@@ -55,7 +55,7 @@ def run(config: EraseConfig) -> int:
     return 0
 
 
-JOB = Job("erase", "GDPR erasure of a data subject, with a receipt (same as python -m pixlake.jobs.erase)", __name__,
+JOB = Job("erase", "GDPR erasure of a data subject, with a receipt (same as python -m pixlake.jobs.erase)", __spec__.name,
           add_flags, lambda args: EraseConfig.of(args, settings=settings_from_flags(args), print_json=args.json), run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -61,7 +61,7 @@ def run(config: EvaluateConfig) -> int:
     return 0
 
 
-JOB = Job("evaluate", "search-quality evaluation (same as python -m pixlake.jobs.evaluate)", __name__, add_flags,
+JOB = Job("evaluate", "search-quality evaluation (same as python -m pixlake.jobs.evaluate)", __spec__.name, add_flags,
           config_of, run, verbose=True)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -52,7 +52,7 @@ def run(config: ExportConfig) -> int:
     return 0
 
 
-JOB = Job("export", "a data subject's items, decrypted, as JSON (same as python -m pixlake.jobs.export)", __name__,
+JOB = Job("export", "a data subject's items, decrypted, as JSON (same as python -m pixlake.jobs.export)", __spec__.name,
           add_flags, lambda args: ExportConfig.of(args, settings=settings_from_flags(args)), run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -80,7 +80,7 @@ def run(config: PlanIndexConfig) -> int:
 
 
 JOB = Job("plan-index", "measure PQ code sizes on a collection and save an index plan "
-          "(same as python -m pixlake.jobs.plan_index)", __name__, add_flags,
+          "(same as python -m pixlake.jobs.plan_index)", __spec__.name, add_flags,
           lambda args: PlanIndexConfig.of(args, settings=settings_from_flags(args), print_json=args.json), run)
 build_parser, main = JOB.build_parser, JOB.main
 

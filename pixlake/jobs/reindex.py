@@ -76,7 +76,7 @@ def run(config: ReindexConfig) -> int:
 
 
 JOB = Job("reindex", "build the next version of a collection, gate it on quality, switch to it "
-          "(same as python -m pixlake.jobs.reindex)", __name__, add_flags, config_of, run, verbose=True)
+          "(same as python -m pixlake.jobs.reindex)", __spec__.name, add_flags, config_of, run, verbose=True)
 build_parser, main = JOB.build_parser, JOB.main
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def run(config: RekeyConfig) -> int:
     return 0
 
 
-JOB = Job("rekey", "rotate a tenant's vector key (same as python -m pixlake.jobs.rekey)", __name__, add_flags,
+JOB = Job("rekey", "rotate a tenant's vector key (same as python -m pixlake.jobs.rekey)", __spec__.name, add_flags,
           lambda args: RekeyConfig.of(args, settings=settings_from_flags(args)), run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -40,7 +40,7 @@ def run(config: RollbackConfig) -> int:
     return 0
 
 
-JOB = Job("rollback", "point a live collection back at its previous version", __name__, add_flags,
+JOB = Job("rollback", "point a live collection back at its previous version", __spec__.name, add_flags,
           lambda args: RollbackConfig.of(args, settings=settings_from_flags(args)), run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -72,7 +72,7 @@ def run(config: SearchConfig) -> int:
     return 0
 
 
-JOB = Job("search", "text→image or image→image search", __name__, add_flags,
+JOB = Job("search", "text→image or image→image search", __spec__.name, add_flags,
           lambda args: SearchConfig.of(args, settings=settings_from_flags(args), print_json=args.json), run)
 build_parser, main = JOB.build_parser, JOB.main
 

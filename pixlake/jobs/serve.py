@@ -91,7 +91,7 @@ def run(config: ServeConfig) -> int:
     return 0
 
 
-JOB = Job("serve", "serve the HTTP search API on Ray Serve (blocks; Ctrl-C or SIGTERM stops)", __name__, add_flags,
+JOB = Job("serve", "serve the HTTP search API on Ray Serve (blocks; Ctrl-C or SIGTERM stops)", __spec__.name, add_flags,
           config_of, run)
 build_parser, main = JOB.build_parser, JOB.main
 

@@ -72,7 +72,7 @@ def run(config: TrainConfig) -> int:
     return 0
 
 
-JOB = Job("train", "contrastive training (same as python -m pixlake.jobs.train)", __name__, add_flags, config_of, run,
+JOB = Job("train", "contrastive training (same as python -m pixlake.jobs.train)", __spec__.name, add_flags, config_of, run,
           verbose=True)
 build_parser, main = JOB.build_parser, JOB.main
 
