@@ -71,7 +71,7 @@ def _wal_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in db.glob("collections/*/wal/*") if p.is_file())
 
 
-def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
+def test_killed_driver_resumes_without_loss_or_duplicates(ray_session, tmp_path, monkeypatch, capsys):
     from pixlake.platform.corpus import write_corpus
 
     corpus = tmp_path / "big"
@@ -102,9 +102,12 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
         store.close()
     assert 0 < partial < n
 
-    rerun = _run(*args, "--json")
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    report = json.loads(rerun.stdout)
+    for k, v in TINY_ENV.items():  # the re-run: in this process, on the session's Ray
+        monkeypatch.setenv(k, v)
+    code = run_cli("embed", *args[3:], "--json")
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    report = json.loads(out)
     assert report["collection_count"] == n  # nothing lost, nothing duplicated
     assert report["embedded"] == n - partial  # only what the killed run had not written
     assert report["skipped"] == 1500 - report["embedded"]
