@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pixlake.platform import records as R
-from pixlake.platform.governance.erasure import Eraser
+from pixlake.platform.compliance.erasure import Eraser
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows

@@ -289,3 +289,11 @@ def test_the_plain_values_other_modules_share_are_the_settings_own():
     with pytest.raises(ConfigError, match="expected a milvus-lite path"):
         settings.backend_of("x.sqlite")
 
+
+
+def test_governance_does_not_import_the_store():
+    """Erasure, export and re-keying orchestrate both: they live above, in pixlake.platform.compliance."""
+    import pixlake.platform.governance as governance
+
+    for path in Path(governance.__file__).parent.glob("*.py"):
+        assert not {m for m in _pixlake_imports(path) if m.startswith("pixlake.platform.store")}, path.name

@@ -14,9 +14,8 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -30,9 +29,6 @@ from pixlake.platform.governance.master_key import load_master_key
 from pixlake.platform.governance.tenant_crypto import SEALED_META, TenantCrypto, parse_nonce
 from pixlake.platform.governance.tenant_crypto import nonce_field, protect_rows  # noqa: F401 (imported from here)
 from pixlake.platform.settings import LITE, GovernanceSettings, Settings, backend_of
-
-if TYPE_CHECKING:
-    from pixlake.platform.store import MilvusStore
 
 log = logging.getLogger(__name__)
 # Pseudonyms and keyed content hashes must survive rotation of the vector key, so they
@@ -73,22 +69,6 @@ def prepare(settings: Settings) -> Path:
     if where.startswith("created"):
         print(f"pixlake: {where}", file=sys.stderr)
     return key_dir
-
-
-@contextmanager
-def open_governed_store(settings: Settings) -> Iterator[tuple["MilvusStore", Governance]]:
-    """The configured store with its governance, both closed on exit (erasure, export, re-key)."""
-    from pixlake.platform.store import MilvusStore
-
-    governance = Governance.open(settings)
-    try:
-        store = MilvusStore.configured(settings.store)
-        try:
-            yield store, governance
-        finally:
-            store.close()
-    finally:
-        governance.close()
 
 
 class Governance:

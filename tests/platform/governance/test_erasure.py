@@ -23,7 +23,7 @@ from pixlake.platform.corpus import write_corpus
 from pixlake.platform.encoder import load_encoder
 from pixlake.platform.errors import GovernanceError
 from pixlake.platform.governance.cipher import associated_data, unseal
-from pixlake.platform.governance.erasure import FAULT_ENV, STEPS
+from pixlake.platform.compliance.erasure import FAULT_ENV, STEPS
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pixlake.platform import records as R
 from pixlake.platform.governance.cipher import keyed_hash
-from pixlake.platform.governance.erasure import STEPS, Eraser
+from pixlake.platform.compliance.erasure import STEPS, Eraser
 from pixlake.platform.governance.service import Governance, protect_rows
 from pixlake.platform.images import content_hash
 from pixlake.platform.settings import load_settings
@@ -158,7 +158,7 @@ def test_a_second_request_while_the_erasure_runs_joins_it(tmp_path, monkeypatch)
 
 
 def test_an_export_is_written_0600_whatever_the_umask(tmp_path):
-    from pixlake.jobs.export import build_parser, run
+    from pixlake.jobs.export import main
 
     settings = _settings(tmp_path / "p.db")
     governance = Governance.open(settings)
@@ -172,9 +172,7 @@ def test_an_export_is_written_0600_whatever_the_umask(tmp_path):
     old = os.umask(0)
     try:
         for target in (out, tmp_path / "new.json"):  # over an existing file, and a new one
-            args = build_parser().parse_args(["--subject", "alice", "--tenant", "acme", "--db", str(tmp_path / "p.db"),
-                                              "--out", str(target)])
-            assert run(args) == 0
+            assert main(["--subject", "alice", "--tenant", "acme", "--db", str(tmp_path / "p.db"), "--out", str(target)]) == 0
             assert oct(target.stat().st_mode & 0o777) == oct(0o600)
             assert len(json.loads(target.read_text())["collections"]["images"]) == 1
     finally:

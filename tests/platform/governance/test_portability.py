@@ -17,7 +17,7 @@ from PIL import Image
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import GovernanceError
-from pixlake.platform.governance.portability import reencrypt, rekey
+from pixlake.platform.compliance.portability import reencrypt, rekey
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection

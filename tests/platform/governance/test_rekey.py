@@ -16,7 +16,7 @@ import pytest
 from pixlake.platform import records as R
 from pixlake.platform.errors import GovernanceError
 from pixlake.platform.governance.keys import load_master_key
-from pixlake.platform.governance.portability import Journal, reencrypt, rekey, stale_filter
+from pixlake.platform.compliance.portability import Journal, reencrypt, rekey, stale_filter
 from pixlake.platform.governance.service import Governance, protect_rows
 from pixlake.platform.query import QueryCollection
 from pixlake.platform.settings import load_settings

@@ -19,7 +19,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from pixlake.platform import records as R
 from pixlake.platform.drift import StatsHistory
@@ -28,7 +28,10 @@ from pixlake.platform.governance.cipher import associated_data, seal, unseal
 from pixlake.platform.governance.ledger import DONE
 from pixlake.platform.governance.private import write_private
 from pixlake.platform.governance.service import Governance
-from pixlake.platform.store import MilvusStore, build_filter, literal
+from pixlake.platform.store.filters import build_filter
+
+if TYPE_CHECKING:
+    from pixlake.platform.store import MilvusStore
 
 log = logging.getLogger(__name__)
 STEPS = ("deny", "shred", "delete", "verify", "compact", "purge_sources", "receipt")

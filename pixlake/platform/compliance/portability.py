@@ -11,12 +11,15 @@ import hashlib
 import json
 import os
 from datetime import datetime, timezone
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import GovernanceError
-from pixlake.platform.governance.service import Governance, protect_rows
-from pixlake.platform.store import MilvusStore, build_filter
+from pixlake.platform.governance.service import Governance
+from pixlake.platform.store.filters import build_filter
+
+if TYPE_CHECKING:
+    from pixlake.platform.store import MilvusStore
 
 MAX_PASSES = 5  # rekey passes before it gives up, the old key versions kept
 _ALL = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
@@ -125,11 +128,11 @@ def reencrypt(source: MilvusStore, target: MilvusStore, governance: Governance, 
         if not page:
             continue
         dim = len(page[0][R.VECTOR])
-        version, cipher = governance.cipher(tenant, dim)
+        crypto = governance.tenant_crypto(tenant, identity=False)  # the embed job's protect stage writes alike
         if governance.encryption:
             keys = governance.data_keys(tenant, sorted({r[R.SUBJECT] for r in page}), create=True)
             page = [r for r in page if r[R.SUBJECT] in keys]  # others are being erased
-            records = protect_rows(page, version, cipher, keys, governance.settings.sensitive_meta)
+            records = crypto.protect(page, keys)
         else:
             records = [{**r, R.VECTOR: [float(x) for x in r[R.VECTOR]], R.NONCE: "", R.KEY_ID: ""} for r in page]
         if not records:
