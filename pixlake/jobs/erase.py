@@ -38,8 +38,8 @@ class EraseConfig(JobConfig):
 
 def run(config: EraseConfig) -> int:
     """Run (or resume) the erasure; returns the exit code."""
-    from pixlake.platform.governance.erasure import Eraser
-    from pixlake.platform.governance.service import open_governed_store
+    from pixlake.platform.compliance import open_governed_store
+    from pixlake.platform.compliance.erasure import Eraser
 
     with open_governed_store(config.settings) as (store, governance):
         eraser = Eraser(store, governance, config.settings.governance.owned_sources)
