@@ -37,9 +37,9 @@ class ExportConfig(JobConfig):
 
 def run(config: ExportConfig) -> int:
     """Export; returns the exit code."""
-    from pixlake.platform.governance.portability import export_subject
+    from pixlake.platform.compliance import open_governed_store
+    from pixlake.platform.compliance.portability import export_subject
     from pixlake.platform.governance.private import write_private
-    from pixlake.platform.governance.service import open_governed_store
 
     with open_governed_store(config.settings) as (store, governance):
         export = export_subject(store, governance, config.tenant, config.subject)
