@@ -34,8 +34,8 @@ class RekeyConfig(JobConfig):
 
 def run(config: RekeyConfig) -> int:
     """Re-key; prints the outcome as JSON. Returns the exit code."""
-    from pixlake.platform.governance.portability import rekey
-    from pixlake.platform.governance.service import open_governed_store
+    from pixlake.platform.compliance import open_governed_store
+    from pixlake.platform.compliance.portability import rekey
 
     with open_governed_store(config.settings) as (store, governance):
         emit(json.dumps(rekey(store, governance, config.tenant)))
