@@ -74,7 +74,7 @@ def rebuild(source: MilvusStore, target: QueryCollection) -> int:
     """Copy every row of ``source`` into ``target`` re-encrypted under the target's
     governance settings (the candidate's beta), decrypting them first: no image is read.
     Returns rows written."""
-    from pixlake.platform.governance.portability import reencrypt
+    from pixlake.platform.compliance.portability import reencrypt
 
     written = sum(reencrypt(source, target.store, target.governance, tenant) for tenant in lifecycle.tenants(source))
     target.store.flush()
