@@ -127,7 +127,7 @@ class Searcher:
         return erasure_id
 
     def _eraser(self):
-        from pixlake.platform.governance.erasure import Eraser
+        from pixlake.platform.compliance.erasure import Eraser
 
         return Eraser(self.collection.store, self.collection.governance, self.owned_sources)
 
