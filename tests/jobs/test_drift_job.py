@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 
+from pixlake.platform.compliance import open_governed_store
+from pixlake.platform.compliance.erasure import Eraser
 from pixlake.platform.corpus import MANIFEST, write_corpus
 from pixlake.platform.drift import HISTORY_FILE
-from pixlake.platform.governance.erasure import Eraser
-from pixlake.platform.governance.service import open_governed_store
 from pixlake.platform.pipeline.job import run_embed_job
 from tests.conftest import tiny_settings
 
