@@ -32,11 +32,8 @@ def run(config: RollbackConfig) -> int:
     from pixlake.platform.lifecycle import rollback
     from pixlake.platform.store import MilvusStore
 
-    store = MilvusStore.configured(config.settings.store)
-    try:
+    with MilvusStore.configured(config.settings.store) as store:
         emit(json.dumps(rollback(store, config.settings.store.collection, config.to)))
-    finally:
-        store.close()
     return 0
 
 
