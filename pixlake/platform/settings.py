@@ -144,7 +144,7 @@ class JobSettings(BaseModel):
 
 
 class GovernanceSettings(BaseModel):
-    """Vector encryption, sealed sources and keys (DESIGN.md "Governance")."""
+    """Vector encryption, sealed sources and keys (docs/architecture.md "Governance")."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,6 @@
-"""Governance: searchable vector encryption, sealed sources, per-subject keys, GDPR erasure.
+"""Governance: searchable vector encryption, sealed sources, per-subject keys, the erasure
+ledger and the audit log (docs/architecture.md "Governance").
 
-See DESIGN.md "Governance". Nothing outside this package touches key material directly.
+It never imports the store. Key material is handled here and, for erasure, export and
+re-keying (which need the store too), in :mod:`pixlake.platform.compliance` above it.
 """

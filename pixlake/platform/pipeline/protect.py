@@ -1,5 +1,5 @@
 """Protect stage: encrypt each vector (searchable, scale-and-perturb) and seal each source
-and sensitive metadata under the subject's data key (DESIGN.md "Governance").
+and sensitive metadata under the subject's data key (docs/architecture.md "Governance").
 
 Per batch and tenant, the governance actor hands out the tenant's crypto handle (the
 current key version) and the subjects' data keys; the encryption itself runs here, spread
