@@ -14,9 +14,9 @@ from PIL import Image
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import ConfigError
-from pixlake.platform.governance.erasure import STEPS, Eraser
+from pixlake.platform.compliance.erasure import STEPS, Eraser
 from pixlake.platform.governance.keys import load_master_key
-from pixlake.platform.governance.service import open_governed_store
+from pixlake.platform.compliance import open_governed_store
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection
 from pixlake.platform.settings import load_settings
@@ -105,7 +105,7 @@ def test_an_erasure_crashed_between_any_two_steps_resumes_on_the_server(ray_sess
     import sys
 
     from pixlake.platform.corpus import write_corpus
-    from pixlake.platform.governance.erasure import FAULT_ENV
+    from pixlake.platform.compliance.erasure import FAULT_ENV
     from tests.conftest import TINY_ENV, run_cli, subprocess_env
 
     write_corpus(tmp_path / "c", 24, seed=13, holdout=1.0)
