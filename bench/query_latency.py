@@ -6,9 +6,11 @@
   batches of 5,000 into a collection made by ``ensure_collection(dim, fingerprint)`` of the
   ``--model``/``--pretrained`` encoder.
 * **in-process** (baseline): one process, sequential; per query text
-  ``encoder.embed_texts([q])[0]`` + ``pixlake.platform.query.search(store, v, k=10,
-  expr=build_filter("acme"))``. The store is closed afterwards (milvus-lite allows one
-  process per db, and the Searcher replica must open it next).
+  ``encoder.embed_texts([q])[0]`` + ``QueryCollection.search(v, k=10, tenant="acme")`` on the
+  collection ``pixlake.platform.query.open_collection`` opens (the Searcher replica's query
+  path: encrypt the query, fetch ``rerank_factor × k`` candidates, decrypt, re-rank; the
+  synthetic rows are plaintext). The collection is closed afterwards (milvus-lite allows
+  one process per db, and the Searcher replica must open it next).
 * **HTTP**: local Ray (2 CPUs), ``pixlake.serve.run.start`` on a free loopback port with one
   key ``kb`` (tenant acme, scope search) and rate limits out of the way; ~10 warm-up
   requests; then per concurrency level ``c`` in ``--levels``: ``--requests`` POST
@@ -38,8 +40,6 @@ from common import free_port, pct
 TARGET = "HTTP p50 <= 1.5x in-process p50 at concurrency 1, zero errors at concurrency 32"
 COLLECTION = "images"
 BATCH = 5_000
-
-
 
 
 def build_db(db: Path, rows: int, encoder, seed: int = 0) -> float:
@@ -83,26 +83,25 @@ def build_db(db: Path, rows: int, encoder, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
-def in_process(db: Path, encoder, n: int) -> dict:
-    from pixlake.platform.query import search
-    from pixlake.platform.store import MilvusStore, build_filter
+def in_process(settings, encoder, n: int) -> dict:
+    """The Searcher's query path in this process, sequentially: embed the text, search tenant acme."""
+    from pixlake.platform.query import open_collection
 
-    store = MilvusStore(str(db), COLLECTION)
-    expr = build_filter("acme")
+    collection = open_collection(settings, encoder.fingerprint)
     try:
         for i in range(5):  # warm-up
-            search(store, encoder.embed_texts([f"warm up {i}"])[0], k=10, expr=expr)
+            collection.search(encoder.embed_texts([f"warm up {i}"])[0], k=10, tenant="acme")
         lat = []
         t0 = time.perf_counter()
         for i in range(n):
             s = time.perf_counter()
-            hits = search(store, encoder.embed_texts([f"a photo of thing {i}"])[0], k=10, expr=expr)
+            hits = collection.search(encoder.embed_texts([f"a photo of thing {i}"])[0], k=10, tenant="acme")
             lat.append((time.perf_counter() - s) * 1000)
             if len(hits) != 10:
                 print(f"  warning: {len(hits)} hits for query {i}")
         wall = time.perf_counter() - t0
     finally:
-        store.close()
+        collection.close()
     return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "per_s": n / wall, "errors": 0, "n": n}
 
 
@@ -165,17 +164,18 @@ def main() -> None:
     encoder = load_encoder(a.model, a.pretrained, device="cpu")
     print(f"setup: {a.rows:,} rows, {a.model}/{a.pretrained} (dim {encoder.dim}, {encoder.fingerprint}) -> {db}")
     setup_s = build_db(db, a.rows, encoder)
+    # One configuration for both contenders: the Searcher replica opens what this describes.
+    settings = ServeSettings(
+        db=str(db), collection=COLLECTION, model=a.model, pretrained=a.pretrained,
+        keys=parse_api_keys("kb:acme:search"), rate_per_s=1e6, rate_burst=10**6,
+    )
 
     print(f"in-process: {a.requests} sequential queries")
-    base = in_process(db, encoder, a.requests)
+    base = in_process(settings.platform_settings(), encoder, a.requests)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     results: dict[int, dict] = {}
     try:
-        settings = ServeSettings(
-            db=str(db), collection=COLLECTION, model=a.model, pretrained=a.pretrained,
-            keys=parse_api_keys("kb:acme:search"), rate_per_s=1e6, rate_burst=10**6,
-        )
         url = run.start(settings, "127.0.0.1", free_port())
         http_level(url, 1, 10, offset=10**6)  # warm-up
         for i, c in enumerate(levels):

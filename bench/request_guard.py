@@ -1,7 +1,7 @@
 """The ingress under hostile load, in one run: does it refuse before it reads, and does a
 burst of large images leave everyone else's requests alone?
 
-* **Streamed bodies**: a 300 MiB chunked upload (no ``Content-Length``) to
+* **Streamed bodies**: a 300 MiB (``--stream-mib``) chunked upload (no ``Content-Length``) to
   ``/v1/search`` and ``/v1/search/image``, with a valid key and without one: the status,
   how many bytes the client got to send before the answer, and how much the Serve proxy
   and ingress processes grew; with the ingress guard's cap alone, then with the proxy's
@@ -44,7 +44,7 @@ def _latencies(fn, stop: threading.Event, out: list[float]) -> None:
         out.append(time.perf_counter() - started)
 
 
-def streamed(url: str) -> list[dict]:
+def streamed(url: str, mib: int) -> list[dict]:
     rows = []
     processes = serve_processes()
     for kind, (path, headers, head) in sorted(CASES.items()):
@@ -52,7 +52,7 @@ def streamed(url: str) -> list[dict]:
             before = sum(p.memory_info().rss for p in processes)
             started = time.perf_counter()
             auth = {"Authorization": "Bearer kburst"} if keyed else {}
-            status, sent = stream_chunked(url, path, {**headers, **auth}, head, 300 * MB)
+            status, sent = stream_chunked(url, path, {**headers, **auth}, head, mib * MB)
             rows.append({"body": kind, "key": keyed, "status": status, "sent_mib": round(sent / MB, 1),
                          "seconds": round(time.perf_counter() - started, 3),
                          "serve_rss_growth_mib": round((sum(p.memory_info().rss for p in processes) - before) / MB, 1)})
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=8, help="concurrent large-image clients (default 8)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase (default 10)")
     parser.add_argument("--megapixels", type=float, default=24.0, help="size of the uploaded photo (default 24)")
+    parser.add_argument("--stream-mib", type=int, default=300, help="size of each streamed body (default 300)")
     parser.add_argument("--json", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
@@ -142,12 +143,12 @@ def main() -> None:
             if not proxy_capped:
                 run_embed_job(str(images[0].parent), settings)
             url = run.start(serve, "127.0.0.1", free_port())
-            stream_rows += [{"proxy_cap": proxy_capped, **r} for r in streamed(url)]
+            stream_rows += [{"proxy_cap": proxy_capped, **r} for r in streamed(url, args.stream_mib)]
             burst_row = burst(url, args.burst, args.seconds, args.megapixels) if proxy_capped else None
         finally:
             run.stop()
             ray.shutdown()
-    print(f"streamed 300 MiB chunked bodies (cap {serve.max_body_bytes // MB} MiB):")
+    print(f"streamed {args.stream_mib} MiB chunked bodies (cap {serve.max_body_bytes // MB} MiB):")
     print(f"{'caps':<17}{'body':<11}{'key':<6}{'status':>7}{'MiB sent':>10}{'seconds':>9}{'Serve RSS +MiB':>16}")
     for r in stream_rows:
         caps = "replica + proxy" if r["proxy_cap"] else "replica only"

@@ -8,7 +8,8 @@ catch up with the newest timestamp. This times the same queries both ways, in on
 against one collection of R rows per backend: sequentially (latency) and from T threads
 (throughput).
 
-Run: ``python bench/search_consistency.py [--rows 20000] [--queries 200] [--threads 8]`` (~2 min).
+Run: ``python bench/search_consistency.py [--rows 20000] [--queries 200] [--threads 8] [--uri URI]`` (~2 min;
+``--uri`` uses a running server instead of starting the embedded one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import pct  # noqa: E402
 from erasure_compaction import DIM, MODEL, rows  # noqa: E402
-from scale import milvus_server  # noqa: E402
+from scale import milvus_uri  # noqa: E402
 
 from pixlake.platform.store import MilvusStore, build_filter  # noqa: E402
 
@@ -62,18 +64,18 @@ def measure(uri: str, n: int, queries: int, threads: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--threads", type=int, default=8)
-    args = ap.parse_args()
+    ap.add_argument("--uri", help="a running Milvus server instead of starting the embedded one")
+    args = ap.parse_args(argv)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["milvus-lite"] = measure(str(Path(tmp) / "lite.db"), args.rows, args.queries, args.threads)
-        with milvus_server(Path(tmp), {}) as server:
-            results["Milvus 2.3 server"] = measure(f"http://127.0.0.1:{server.listen_port}", args.rows, args.queries,
-                                                   args.threads)
+        with milvus_uri(args.uri, Path(tmp), {}) as (uri, _):
+            results["Milvus 2.3 server"] = measure(uri, args.rows, args.queries, args.threads)
     print(f"{args.rows} rows, dim {DIM}, k=10, {args.queries} queries; throughput from {args.threads} threads")
     print(f"{'backend':<18} {'level':<8} {'p50 ms':>8} {'p95 ms':>8} {'search/s':>9}")
     for backend, by_level in results.items():

@@ -8,7 +8,8 @@ prints image-query recall@10 from the PQ ranking alone and after the exact re-ra
 ``rerank_factor × 10`` candidates, for several factors. The factor-5 figure can be held
 against the server's own (``bench/scale.py``); the others say what a larger re-rank buys.
 
-Run: ``python bench/segment_rerank.py [--m 64] [--nprobe 128] [--vectors 1000000]`` (~3 min on 2 cores).
+Run: ``python bench/segment_rerank.py [--m 64] [--nprobe 128] [--vectors 1000000]`` (~2.5 CPU-minutes;
+14 min of wall time on 2 cores shared with other work).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from pixlake.platform.segmented_index import (  # noqa: F401
 
 MS = (8, 16, 32, 64, 128)
 NPROBES = (8, 16, 32, 64, 128)
-RERANK_FACTORS = (5, 10, 20, 40)  # a re-rank of 400 candidates repaired m=64 to 1.000 in the 1M simulation
+RERANK_FACTORS = (5, 10, 20, 40)  # a re-rank of 400 candidates repaired m=64 to 0.999 in the 1M simulation (docs/benchmarks.md)
 PLAN_VERSION = 2
 
 
