@@ -119,12 +119,12 @@ def _loggers_to(log: TextIO, terminal: TextIO) -> Iterator[None]:
         logger = logging.getLogger(name)
         console = [h for h in logger.handlers
                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        replaced.append((logger, list(logger.handlers)))
         for h in console:
             logger.removeHandler(h)
         if console:  # a logger that propagates without handlers of its own reaches "ray"'s
             logger.addHandler(to_log)
             logger.addHandler(errors)
-        replaced.append((logger, console))
     repointed = [(h, h.setStream(terminal)) for h in logging.getLogger().handlers
                  if type(h) is logging.StreamHandler and _writes_to_descriptor_2(h.stream)]
     try:
@@ -132,11 +132,9 @@ def _loggers_to(log: TextIO, terminal: TextIO) -> Iterator[None]:
     finally:
         for h, stream in repointed:
             h.setStream(stream)
-        for logger, console in replaced:
-            logger.removeHandler(to_log)
-            logger.removeHandler(errors)
-            for h in console:
-                logger.addHandler(h)
+        for logger, before in replaced:  # as they were, in their order, plus any added meanwhile
+            added = [h for h in logger.handlers if h not in before and h is not to_log and h is not errors]
+            logger.handlers = before + added
 
 
 class ProgressDisplay:
