@@ -109,9 +109,7 @@ class Searcher:
         """The tenant's keyed hash of a plain SHA-256 hex ``digest`` (what a row's
         ``content_hash`` is): the ingress checks a thumbnail's bytes are the row's while the
         tenant's identity key stays in this process."""
-        from pixlake.platform.governance.cipher import keyed_content_hash
-
-        return keyed_content_hash(self.collection.governance.identity_key(tenant), digest)
+        return self.collection.governance.tenant_crypto(tenant, vectors=False).content_hash(digest)
 
     def start_erasure(self, tenant: str, subject: str) -> str:
         """Start (or resume) the erasure of a raw subject id; it runs on a thread here,

@@ -178,7 +178,7 @@ class MilvusStore(CollectionAdmin):
             # Milvus 2.3 upserts rows into the wrong partition of a partition-key collection
             # (milvus-io/milvus#30607), where tenant-filtered searches never see them: delete
             # and insert instead. Not atomic: a caller rewriting rows whose only copy is here
-            # (re-keying) journals them first (pixlake.platform.governance.portability).
+            # (re-keying) journals them first (pixlake.platform.compliance.portability).
             self._client.delete(self.collection, ids=[r[R.ID] for r in rows])
             _fault("upsert.deleted")
             return int(self._client.insert(self.collection, [dict(r) for r in rows])["insert_count"])
