@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale import milvus_uri  # noqa: E402
+from embedded_milvus import milvus_uri  # noqa: E402
 
 from pixlake.platform import records as R  # noqa: E402
 from pixlake.platform.store import MilvusStore  # noqa: E402

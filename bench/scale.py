@@ -48,160 +48,30 @@ Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [-
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clip_like import DIM, Isotropic, LowRank, describe_data, vectors  # noqa: E402
+from embedded_milvus import milvus_uri, rss_mib  # noqa: E402
 
 from pixlake.platform.index_plan import exact_topk, recall  # noqa: E402
 
-DIM, K = 512, 10
+K = 10
 PLAN_MS = (8, 16, 32, 64)  # the target: index memory <= 64 bytes/vector, so m <= 64 at 8-bit codes
 SEGMENT_ROWS = 240_000  # the server's sealed segments of this bare (id, vector) collection at 1M (pixlake's hold ~150k)
 
 
 # --- part 1: the index on a Milvus server ----------------------------------------------------
-
-
-class LowRank:
-    """CLIP-like unit vectors (the default data; see the module docstring): topic centres and
-    within-topic variation both follow a power-law spectrum (variance of the i-th direction
-    ∝ i^-alpha) in a random orthonormal basis, plus one mean vector per modality."""
-
-    def __init__(self, n_topics: int, alpha: float = 1.0, spread: float = 0.7, mean_norm: float = 0.9, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.basis = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].astype(np.float32)
-        scale = np.arange(1, DIM + 1, dtype=np.float64) ** (-alpha / 2)
-        self.scale = (scale / np.linalg.norm(scale)).astype(np.float32)  # a topic centre has norm ~1
-        self.topics = rng.standard_normal((n_topics, DIM), dtype=np.float32) * self.scale
-        means = rng.standard_normal((2, DIM)).astype(np.float32)
-        means *= mean_norm / np.linalg.norm(means, axis=1, keepdims=True)
-        self.means = {"image": means[0], "text": means[1]}
-        self.spread = {"image": spread, "text": spread * 4 / 3}  # a caption pins its topic down less than a photo
-
-    def sample(self, n: int, seed: int, modality: str = "image") -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        z = self.topics[rng.integers(0, len(self.topics), n)]
-        z += self.spread[modality] * rng.standard_normal((n, DIM), dtype=np.float32) * self.scale
-        x = z @ self.basis.T + self.means[modality]
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-class Isotropic:
-    """The earlier generator (``--data isotropic``): isotropic Gaussian noise as large as the
-    centre around each of the centres, text queries offset by one shared random vector."""
-
-    def __init__(self, n_topics: int, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.centres = rng.standard_normal((n_topics, DIM), dtype=np.float32)
-        self.gap = rng.standard_normal(DIM, dtype=np.float32)
-
-    def sample(self, n: int, seed: int, modality: str = "image") -> np.ndarray:
-        rng = np.random.default_rng(seed)
-        x = self.centres[rng.integers(0, len(self.centres), n)]
-        x = x + (0.9 if modality == "image" else 1.2) * rng.standard_normal((n, DIM), dtype=np.float32)
-        if modality == "text":
-            x += self.gap
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-def vectors(gen, n: int) -> np.ndarray:
-    """``n`` rows of ``gen`` in 100k chunks, each seeded by its offset (the same rows at any ``n``)."""
-    return np.concatenate([gen.sample(min(100_000, n - s), 1 + s) for s in range(0, n, 100_000)])
-
-
-def describe_data(base: np.ndarray, scores: dict[str, np.ndarray], text_q: np.ndarray) -> str:
-    """What the data looks like, measured, so it can be compared with real embeddings."""
-    rng = np.random.default_rng(5)
-    some = base[rng.choice(len(base), min(len(base), 2000), replace=False)]
-    pair = some @ some.T
-    sample = base[rng.choice(len(base), min(len(base), 20_000), replace=False)]
-    var = np.linalg.svd(sample - sample.mean(0), compute_uv=False) ** 2
-    share = np.cumsum(var) / var.sum()
-    nn = {q: "/".join(f"{s[:, j].mean():.2f}" for j in (0, 9, 99) if j < s.shape[1]) for q, s in scores.items()}
-    return (f"data: mean cosine image-image {pair[np.triu_indices(len(some), 1)].mean():.2f}, text-image "
-            f"{(text_q @ some.T).mean():.2f}; cosine of the 1st/10th/100th nearest neighbour: image queries {nn['image']}, "
-            f"text queries {nn['text']}; variance in the top 16/64/128 principal directions "
-            f"{share[15]:.0%}/{share[63]:.0%}/{share[127]:.0%}")
-
-
-@contextmanager
-def milvus_server(base_dir: Path, config: dict):
-    """The embedded Milvus server, always stopped: on return, exception, SIGINT, SIGTERM, SIGHUP
-    (unless ignored, as under nohup), and — via PR_SET_PDEATHSIG — even when this process is
-    SIGKILLed, so no orphaned ``milvus run`` keeps ports 19530/2379/9091."""
-    import atexit
-    import ctypes
-    import signal
-    import subprocess
-
-    from milvus import MilvusServer
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def die_with_parent() -> None:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    saved = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            saved[sig] = signal.signal(sig, interrupt)
-    server = MilvusServer()
-    server.set_base_dir(str(base_dir))
-    server.config.set("common.session.ttl", 5)
-    for key, value in config.items():
-        server.config.set(key, value)
-    popen = subprocess.Popen
-    subprocess.Popen = functools.partial(popen, preexec_fn=die_with_parent)
-    atexit.register(server.stop)
-    try:
-        try:
-            server.start()
-        finally:
-            subprocess.Popen = popen
-        yield server
-    finally:
-        pid = server.server_proc.pid if server.server_proc else None
-        server.stop()
-        atexit.unregister(server.stop)
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-        if pid is not None and Path(f"/proc/{pid}").exists() and "milvus" in Path(f"/proc/{pid}/cmdline").read_text():
-            print(f"WARNING: milvus server {pid} still running after stop", file=sys.stderr)
-
-
-@contextmanager
-def milvus_uri(uri: Optional[str], base_dir: Path, config: dict):
-    """Yields ``(uri, server pid or None)``: ``uri`` itself when given (a server already running,
-    such as the test suite's; ``config`` is not applied to it and its pid is unknown), else the
-    embedded server started under ``base_dir`` with ``config`` (:func:`milvus_server`)."""
-    if uri:
-        yield uri, None
-        return
-    with milvus_server(base_dir, config) as server:
-        yield f"http://127.0.0.1:{server.listen_port}", server.server_proc.pid
-
-
-def rss_mib(pid: Optional[int]) -> float:
-    """Resident memory of ``pid`` in MiB (NaN when the pid is unknown)."""
-    if pid is None:
-        return float("nan")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def load(client, name: str, vectors: np.ndarray, index: dict, batch: int, timeout: float) -> dict:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import pct  # noqa: E402
 from erasure_compaction import DIM, MODEL, rows  # noqa: E402
-from scale import milvus_uri  # noqa: E402
+from embedded_milvus import milvus_uri  # noqa: E402
 
 from pixlake.platform.store import MilvusStore, build_filter  # noqa: E402
 

@@ -23,7 +23,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scale  # noqa: E402
+import clip_like  # noqa: E402
 
 from pixlake.platform import index_plan as ip  # noqa: E402
 
@@ -45,8 +45,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--vectors", type=int, default=1_000_000, help="rows (smaller for a quick run)")
     args = parser.parse_args(argv)
     n = args.vectors
-    gen = scale.LowRank(max(100, n // 500))  # the same data as `scale.py --vectors N`
-    base = scale.vectors(gen, n)
+    gen = clip_like.LowRank(max(100, n // 500))  # the same data as `scale.py --vectors N`
+    base = clip_like.vectors(gen, n)
     queries = gen.sample(200, 999)
     truth = ip.exact_topk(queries, base, 10)[0]
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale import milvus_uri  # noqa: E402
+from embedded_milvus import milvus_uri  # noqa: E402
 
 DIM, BATCH, MAX_MB = 512, 5_000, 512
 
