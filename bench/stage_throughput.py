@@ -128,7 +128,7 @@ def device_decode_rate(preprocess, device: str, batch: int, batches: int) -> flo
     """DeviceJpegDecoder images/s on ``device`` at ``batch`` JPEGs per call."""
     import torch
 
-    from pixlake.platform.device_decode import DeviceJpegDecoder
+    from pixlake.platform.images.device import DeviceJpegDecoder
 
     decoder = DeviceJpegDecoder(preprocess, device)
     blobs = (_BLOBS * (batch // len(_BLOBS) + 1))[:batch]

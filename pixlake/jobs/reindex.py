@@ -59,7 +59,7 @@ def config_of(args: argparse.Namespace) -> ReindexConfig:
 
 def run(config: ReindexConfig) -> int:
     """Re-index; prints the report as JSON. Exit 0 when promoted (or not asked to), 1 when the gate refused."""
-    from pixlake.platform.reindex import reindex
+    from pixlake.platform.lifecycle.reindex import reindex
 
     result = reindex(config.settings, config.candidate, config.source, config.eval_manifest, config.max_recall_drop,
                      config.promote)

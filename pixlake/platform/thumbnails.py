@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from pixlake.platform.errors import SourceError
 from pixlake.platform.images import DecodeLimits, Rejection, content_hash as plain_content_hash, decode_image
-from pixlake.platform.source_files import SourceReader, SourceUnavailable
+from pixlake.platform.sources.reader import SourceReader, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform.query import combine
-from pixlake.platform.source_files import SourceTooLarge, SourceUnavailable
+from pixlake.platform.sources.reader import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
 from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, SIDES, Thumbnailer, ThumbnailError, ladder_side
 from pixlake.serve import guard

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pixlake.platform.corpus import write_corpus
-from pixlake.platform.device_decode import (
+from pixlake.platform.images.device import (
     DECODE_CPU_TASKS,
     DECODE_ENCODER_CPU_JPEG,
     DECODE_GPU_JPEG,

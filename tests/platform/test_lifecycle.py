@@ -16,7 +16,7 @@ from pixlake.platform.errors import ConfigError, StoreError
 from pixlake.platform.lifecycle import LiveCollection, promote, resolve, rollback, versions
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection
-from pixlake.platform.reindex import gate, reindex
+from pixlake.platform.lifecycle.reindex import gate, reindex
 from pixlake.platform.store import MilvusStore
 from tests.conftest import TINY, TINY_BETA, tiny_settings
 

@@ -17,7 +17,7 @@ from pixlake.platform.governance.service import Governance
 from pixlake.platform.images import content_hash
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.rows import OK, REJECTED
-from pixlake.platform.pipeline.sources import ITEM_SCHEMA, ParquetRows, WebDatasetSamples, resolve_source
+from pixlake.platform.sources.items import ITEM_SCHEMA, ParquetRows, WebDatasetSamples, resolve_source
 from pixlake.platform.settings import GovernanceSettings
 
 

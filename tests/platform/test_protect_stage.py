@@ -19,7 +19,7 @@ from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.rows import ERASED, OK, SKIPPED, table
 from pixlake.platform.pipeline.sink import to_record
-from pixlake.platform.pipeline.sources import ITEM_SCHEMA
+from pixlake.platform.sources.items import ITEM_SCHEMA
 from pixlake.platform.settings import GovernanceSettings
 from pixlake.platform.store import MilvusStore, build_filter
 

@@ -1,4 +1,4 @@
-"""Tests for pixlake.platform.pipeline.sources: resolving SOURCEs and mapping rows (no Ray)."""
+"""Tests for pixlake.platform.sources.items: resolving SOURCEs and mapping rows (no Ray)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pixlake.platform.errors import SourceError
-from pixlake.platform.pipeline.sources import (
+from pixlake.platform.sources.items import (
     ITEM_SCHEMA,
     ParquetRows,
     ResolvedSource,

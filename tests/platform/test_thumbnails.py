@@ -15,9 +15,9 @@ from pixlake.platform.governance.cipher import keyed_content_hash
 from pixlake.platform.governance.service import Governance
 from pixlake.platform.images import DecodeLimits
 from pixlake.platform.pipeline.load import LoadItems
-from pixlake.platform.pipeline.sources import ITEM_SCHEMA
+from pixlake.platform.sources.items import ITEM_SCHEMA
 from pixlake.platform.settings import GovernanceSettings
-from pixlake.platform.source_files import (
+from pixlake.platform.sources.reader import (
     SourceReader,
     SourceRefused,
     SourceTooLarge,

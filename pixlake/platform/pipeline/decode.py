@@ -2,7 +2,7 @@
 
 With ``device_jpeg`` (the job's ``--gpu-decode``) JPEGs the encoder's device can decode
 only have their header checked here and travel compressed in ``jpeg``; the rest are
-decoded here as usual (see ``platform/device_decode.py``).
+decoded here as usual (see :mod:`pixlake.platform.images.device`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from pixlake.platform.device_decode import device_decodable
+from pixlake.platform.images.device import device_decodable
 from pixlake.platform.encoder import PreprocessSpec
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
 from pixlake.platform.pipeline.rows import OK, rejected, table

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-from pixlake.platform.device_decode import DeviceJpegDecoder
+from pixlake.platform.images.device import DeviceJpegDecoder
 from pixlake.platform.drift import NON_FINITE, EmbeddingStats
 from pixlake.platform.errors import ModelError
 from pixlake.platform.images import DecodeLimits, Rejection

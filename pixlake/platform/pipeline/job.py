@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Optional
 
-from pixlake.platform.device_decode import DECODE_CPU_TASKS, decode_placement
+from pixlake.platform.images.device import DECODE_CPU_TASKS, decode_placement
 from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift, withheld_reason
 from pixlake.platform.encoder import check_model, load_encoder
 from pixlake.platform.errors import PixlakeError
@@ -26,11 +26,11 @@ from pixlake.platform.pipeline.report import JobReport
 from pixlake.platform.pipeline.run_metrics import Progress, RunMetrics, reporting_progress, timed, write_metrics_file
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
-from pixlake.platform.pipeline.sources import ResolvedSource, read_items, resolve_source
+from pixlake.platform.sources.items import ResolvedSource, read_items, resolve_source
 from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
-from pixlake.platform.store_actor import start_governance_actor, start_stats_actor, start_store_actor
+from pixlake.platform.pipeline.store_actor import start_governance_actor, start_stats_actor, start_store_actor
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)

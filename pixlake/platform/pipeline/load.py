@@ -20,7 +20,7 @@ import pyarrow as pa
 from pixlake.platform import records as R
 from pixlake.platform.governance.tenant_crypto import TenantCrypto
 from pixlake.platform.pipeline.rows import OK, rejected, table
-from pixlake.platform.source_files import SourceReader, SourceRefused, SourceTooLarge, SourceUnavailable
+from pixlake.platform.sources.reader import SourceReader, SourceRefused, SourceTooLarge, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ class MilvusDatasink(Datasink):
     """Idempotent writes through the store actor; totals land in :attr:`totals` on the driver.
 
     Args:
-        store: a :class:`~pixlake.platform.store_actor.StoreProxy`.
+        store: a :class:`~pixlake.platform.pipeline.store_actor.StoreProxy`.
         model: encoder fingerprint written into every row.
         max_rejections_listed: rejections kept one by one (counts stay exact).
         governance: the governance actor proxy (deny-list).

@@ -15,7 +15,7 @@ class SkipExisting:
     """Callable stage: marks denied rows, rows already in the store and repeats within a block as skipped.
 
     Args:
-        store: a :class:`~pixlake.platform.store_actor.StoreProxy`.
+        store: a :class:`~pixlake.platform.pipeline.store_actor.StoreProxy`.
         model: encoder fingerprint of this job.
         governance: the governance actor proxy (deny-list).
     """

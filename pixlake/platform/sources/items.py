@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from pixlake.platform.errors import SourceError
-from pixlake.platform.source_files import IMAGE_EXTENSIONS, split_location
+from pixlake.platform.sources.reader import IMAGE_EXTENSIONS, split_location
 
 log = logging.getLogger(__name__)
 
