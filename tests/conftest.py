@@ -126,6 +126,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def no_master_key_env(monkeypatch):
+    """No master key from the environment: governance finds (or creates) its key file."""
+    from pixlake.platform.governance.keys import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV
+
+    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
+    monkeypatch.delenv(MASTER_KEY_FILE_ENV, raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder():
     """The tiny encoder, loaded once on CPU."""

@@ -27,10 +27,7 @@ DIM, MODEL = 8, "model-fp"
 SPEC = PreprocessSpec(size=16, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest", fill_color=0)
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch):
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY", raising=False)
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("no_master_key_env")
 
 
 @pytest.fixture

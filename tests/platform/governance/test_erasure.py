@@ -29,7 +29,7 @@ from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection
 from pixlake.platform.settings import load_settings
 from pixlake.platform.store import MilvusStore
-from tests.conftest import TINY, TINY_ENV, tiny_settings
+from tests.conftest import TINY, TINY_ENV, subprocess_env, tiny_settings
 
 DEMO = ("pixlake-demo", "bundled")  # meaningful embeddings, searched at the default beta
 
@@ -63,7 +63,7 @@ def _raw(db: Path, collection: str, expr: str = "") -> list[dict]:
 
 def _erase(db: Path, subject: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     bin_dir = Path(sys.executable).parent
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **(env or {})}
+    env = subprocess_env(**(env or {}))
     return subprocess.run([str(bin_dir / "pixlake"), "erase", "--subject", subject, "--db", str(db), "--json", *extra],
                           capture_output=True, text=True, timeout=300, env=env)
 

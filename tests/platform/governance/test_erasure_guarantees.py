@@ -26,10 +26,7 @@ from pixlake.platform.store import MilvusStore, build_filter
 DIM = 8
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch):
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY", raising=False)
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("no_master_key_env")
 
 
 def _settings(db: Path, **governance):

@@ -25,10 +25,7 @@ OTHER_MASTER = bytes(range(1, 33))
 P1, P2, P3 = "a1" * 16, "b2" * 16, "c3" * 16
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(MASTER_KEY_ENV, raising=False)
-    monkeypatch.delenv(MASTER_KEY_FILE_ENV, raising=False)
+pytestmark = pytest.mark.usefixtures("no_master_key_env")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ each vector) and keep search working."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ from pixlake.platform.governance.service import Governance
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.query import open_collection
 from pixlake.platform.store import MilvusStore
-from tests.conftest import TINY_ENV, tiny_settings
+from tests.conftest import TINY_ENV, subprocess_env, tiny_settings
 
 
 @pytest.fixture
@@ -47,7 +46,7 @@ def _self_first(settings, fingerprint, images, tiny_encoder) -> bool:
 
 def test_export_cli_gives_the_subjects_exact_embeddings(embedded, tmp_path, tiny_encoder):
     out = tmp_path / "export.json"
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **TINY_ENV}
+    env = subprocess_env(**TINY_ENV)
     proc = subprocess.run([str(Path(sys.executable).parent / "pixlake"), "export", "--subject", "s1", "--db",
                            str(embedded["db"]), "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr

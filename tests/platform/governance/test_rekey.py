@@ -4,7 +4,6 @@ server's delete and insert, and searches while rows sit under two key versions."
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -21,14 +20,12 @@ from pixlake.platform.governance.service import Governance, protect_rows
 from pixlake.platform.query import QueryCollection
 from pixlake.platform.settings import load_settings
 from pixlake.platform.store import FAULT_ENV, MilvusStore, literal
+from tests.conftest import subprocess_env
 
 DIM, MODEL, TENANT = 32, "pixlake-test:0123456789abcdef", "t"
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch):
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY", raising=False)
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("no_master_key_env")
 
 
 def _vectors(n: int, seed: int) -> np.ndarray:
@@ -164,8 +161,8 @@ def test_a_rekey_killed_between_a_servers_delete_and_insert_loses_no_row(milvus_
     try:
         plain = _vectors(50, seed=4)
         store.upsert(_rows(governance, plain))
-        env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", FAULT_ENV)},
-               "PIXLAKE_GOVERNANCE__KEY_DIR": str(keys)}
+        env = subprocess_env(PIXLAKE_GOVERNANCE__KEY_DIR=str(keys))
+        env.pop(FAULT_ENV, None)
         rekey_args = ["rekey", "--db", milvus_server, "--collection", collection, "--tenant", TENANT]
         crashed = _pixlake(rekey_args, {**env, FAULT_ENV: "upsert.deleted"})
         assert crashed.returncode == 137, crashed.stderr[-2000:]

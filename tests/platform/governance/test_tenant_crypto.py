@@ -19,10 +19,7 @@ from pixlake.platform.records import item_subject
 from pixlake.platform.settings import GovernanceSettings
 
 
-@pytest.fixture(autouse=True)
-def _no_key_env(monkeypatch):
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY", raising=False)
-    monkeypatch.delenv("PIXLAKE_MASTER_KEY_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("no_master_key_env")
 
 
 @pytest.fixture
