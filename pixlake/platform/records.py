@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-# Field names of a row (DESIGN.md "Records"); the store's schema is built from these.
+# Field names of a row (docs/architecture.md, "Records"); the store's schema is built from these.
 ID, TENANT, SUBJECT, CONTENT_HASH, SOURCE, MODEL, META, NONCE, KEY_ID, VECTOR = (
     "id", "tenant", "subject", "content_hash", "source", "model", "meta", "nonce", "key_id", "vector",
 )

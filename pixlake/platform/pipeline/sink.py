@@ -22,7 +22,7 @@ from pixlake.platform.pipeline.rows import ERASED, OK, REJECTED, SKIPPED
 
 
 def to_record(row: dict, model: str) -> dict:
-    """Turn a pipeline row into a store record (DESIGN.md "Records")."""
+    """Turn a pipeline row into a store record (docs/architecture.md, "Records")."""
     return {
         R.ID: row["id"],
         R.TENANT: row["tenant"],
