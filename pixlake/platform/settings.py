@@ -182,6 +182,10 @@ class Settings(BaseSettings):
     encoder: EncoderSettings = Field(default_factory=EncoderSettings)
     job: JobSettings = Field(default_factory=JobSettings)
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings)
+    # One settings file serves every command: `pixlake serve` validates this section itself
+    # (pixlake.serve.config.ServeSettings); the other commands carry it unread.
+    serve: Optional[dict[str, Any]] = Field(None, description="the serve command's own section (API keys, rate limits, "
+                                            "body caps); read and validated by pixlake serve")
 
     @classmethod
     def settings_customise_sources(

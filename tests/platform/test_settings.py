@@ -297,3 +297,17 @@ def test_governance_does_not_import_the_store():
 
     for path in Path(governance.__file__).parent.glob("*.py"):
         assert not {m for m in _pixlake_imports(path) if m.startswith("pixlake.platform.store")}, path.name
+
+
+def test_one_settings_file_with_a_serve_section_serves_every_command(tmp_path):
+    from pixlake.jobs.embed import build_parser as embed_parser
+    from pixlake.jobs.common import settings_from_flags
+
+    config = tmp_path / "pixlake.yaml"
+    config.write_text("store: {collection: shared}\nserve: {rate_per_s: 3.0}\n")
+    embed = settings_from_flags(embed_parser().parse_args(["src", "--config", str(config)]))
+    assert embed.store.collection == "shared" and embed.serve == {"rate_per_s": 3.0}
+    assert load_settings(config).store.collection == "shared"
+    config.write_text("stor: {collection: typo}\n")  # an unknown section is still refused
+    with pytest.raises(ConfigError):
+        load_settings(config)
