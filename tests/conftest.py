@@ -20,6 +20,15 @@ import pytest
 # `pixlake serve` sets up (pixlake.serve.guard.ProxyBodyCap; see ray_session for its cap).
 os.environ.setdefault("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "pixlake.serve.guard:proxy_middlewares")
 
+# faiss's OpenMP threads spin waiting for each other when Ray's processes hold the 2 cores
+# (an m=64 index build took 110 s instead of 11 s); the tests measure no speed, so one thread.
+try:
+    import faiss
+except ImportError:  # pragma: no cover - pinned in the project's dependencies
+    pass
+else:
+    faiss.omp_set_num_threads(1)
+
 SERVED_MAX_BODY_BYTES = 2_000_000  # tests/serve/conftest.py's app
 TINY = ("pixlake-tiny", "none")  # (model, pretrained): registered bundled config, seeded random weights
 # The tiny model's random embeddings crowd together (mean pairwise cosine 0.88, nearest
