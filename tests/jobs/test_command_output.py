@@ -146,5 +146,7 @@ def test_an_embed_command_shows_its_report_and_one_progress_display_and_logs_ray
     assert progress and progress[-1].startswith("embedding  4/4 items  "), err
     # Ray Data's execution lines and the driver's actor-restart notice: in the log, not on stderr
     log = next((tmp_path / "pixlake").glob("embed-*.log")).read_text()
-    for line in ("Starting execution of Dataset", "max_restarts > 0"):
-        assert line in log and line not in err, line
+    assert "Starting execution of Dataset" in log and "Starting execution of Dataset" not in err
+    # the core worker prints its actor-restart notice once per driver process: in the full
+    # suite an earlier in-process job may have had it, so it is only required not on stderr
+    assert "max_restarts > 0" not in err
