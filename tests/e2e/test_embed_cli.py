@@ -5,10 +5,12 @@ cluster. Flag errors: tests/jobs/test_embed_flags.py."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -148,14 +150,19 @@ def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
     # Ray 2.60 clusters use token auth (token in ~/.ray/auth_token); the job CLI sends it
     # only when told to.
     env["RAY_AUTH_MODE"] = "token"
+    # Its own temp dir, so its address file is not /tmp/ray/ray_current_cluster: a plain
+    # ray.init() elsewhere on the machine (a pixlake command started meanwhile) would join
+    # this cluster and die with it. Short: Ray's socket paths are capped.
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          # Not the default 52365: an agent of a Ray that is still exiting may hold it.
-         f"--dashboard-agent-listen-port={agent}",
+         f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dir}",
          "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert start.returncode == 0, start.stderr
+    assert not _joined_by_default(port), "a plain ray.init() on this machine would join the test's cluster"
     try:
         db = tmp_path / "p.db"
         for _ in range(12):
@@ -178,6 +185,13 @@ def test_runs_unchanged_under_ray_job_submit(corpus_dir, tmp_path):
             store.close()
     finally:
         _stop_cluster(port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _joined_by_default(gcs_port: int) -> bool:
+    """Whether the address file a plain ``ray.init()`` reads names the cluster on ``gcs_port``."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    return current.exists() and current.read_text().strip().endswith(f":{gcs_port}")
 
 
 def _stop_cluster(gcs_port: int) -> None:
@@ -195,7 +209,4 @@ def _stop_cluster(gcs_port: int) -> None:
     _, alive = psutil.wait_procs(mine, timeout=20)
     for proc in alive:
         proc.kill()
-    # As `ray stop` does: a later ray.init() must not try to join the stopped cluster.
-    current = Path("/tmp/ray/ray_current_cluster")
-    if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
-        current.unlink()
+
