@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 5.0  # doubling between the two
 # A Milvus server that is down or restarting: the client cannot connect (code 2), or the
-# server is back but has not reloaded the collection yet (code 101), or gRPC gave up.
+# server is back but has not reloaded the collection yet (code 101), or gRPC gave up. A
+# restarted standalone server also answers for a while with its coordinators still naming
+# the data node of before the restart ("node not match", "node not found", "session not
+# found") or a closing internal connection: that too is "away for now".
 _TRANSIENT_CODES = {2, 101}
-_TRANSIENT_TEXT = re.compile(r"unavailable|not ready|not loaded|fail connecting|deadline exceeded|connection refused", re.I)
+_TRANSIENT_TEXT = re.compile(
+    r"unavailable|not ready|not loaded|fail connecting|deadline exceeded|connection refused"
+    r"|node not match|node not found|session not found|connection is closing", re.I)
 
 
 def transient(error: BaseException) -> bool:
