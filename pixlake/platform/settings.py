@@ -80,6 +80,12 @@ class StoreSettings(BaseModel):
         description="how long a call retries a Milvus server that is down or restarting (exponential backoff) "
                     "before the job fails with a clear error; a re-run then completes the rest",
     )
+    local_index_min_rows: int = Field(
+        10_000, ge=0,
+        description="on milvus-lite, pixlake serve searches through an in-process HNSW index of the "
+                    "collection's stored vectors once it holds this many rows (milvus-lite's own search "
+                    "grows with the rows); candidates are read back from milvus-lite by id under the filter",
+    )
     search_consistency: Literal["strong", "bounded"] = Field(
         "strong",
         description="Milvus consistency of searches: strong sees every write that returned (a search waits "

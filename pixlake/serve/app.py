@@ -277,7 +277,8 @@ class Ingress:
         d = await call_replica(self.searcher.describe, principal_of(request.scope).tenant)
         return CollectionsResponse(collections=[CollectionInfo(name=d["collection"], version=d["version"], rows=d["rows"],
                                                                model=d["model"],
-                                                               index_type=d["index_type"], encryption=d["encryption"])])
+                                                               index_type=d["index_type"], encryption=d["encryption"],
+                                                               local_index_rows=d.get("local_index_rows"))])
 
     @api.get("/v1/items/{item_id}/thumbnail", response_class=Response, responses={
         **_ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "a JPEG, longest edge `size` pixels"},

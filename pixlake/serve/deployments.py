@@ -69,7 +69,9 @@ class Searcher:
         from pixlake.platform.collection import open_collection
         from pixlake.platform.lifecycle import LiveCollection
 
-        self.collection = LiveCollection(open_collection(settings))
+        opened = open_collection(settings)
+        opened.store.keep_local_index(settings.store.local_index_min_rows)  # milvus-lite only
+        self.collection = LiveCollection(opened)
         self.owned_sources = settings.governance.owned_sources
         # Erasures running on this replica's threads. Serve may call start_erasure on several
         # threads at once; the lock makes "find the id, see it is not running, start it" one

@@ -93,6 +93,8 @@ class CollectionInfo(BaseModel):
     model: Optional[str]
     index_type: Optional[str]
     encryption: bool = Field(description="vectors encrypted and sources sealed")
+    local_index_rows: Optional[int] = Field(
+        None, description="milvus-lite: rows in the in-process HNSW index searches go through (null: milvus-lite searches)")
 
 
 class CollectionsResponse(BaseModel):

@@ -130,7 +130,10 @@ class LiveCollection:
     def _reader(store: MilvusStore, collection: str, governance: Any):
         from pixlake.platform.query import QueryCollection
 
-        return QueryCollection(store.for_collection(collection), governance)
+        reader = store.for_collection(collection)
+        if store.local_index_min_rows is not None:  # the version followed is searched alike
+            reader.keep_local_index(store.local_index_min_rows)
+        return QueryCollection(reader, governance)
 
     def follow(self, force: bool = False) -> None:
         """Look where the live name points (at most every FOLLOW_S unless ``force``) and switch to it when it can."""

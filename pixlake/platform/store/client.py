@@ -36,6 +36,8 @@ from pixlake.platform.store.admin import CollectionAdmin
 from pixlake.platform.store.backends import check_db_location
 from pixlake.platform.store.filters import literal
 from pixlake.platform.store.index import IndexChoice, planned_index, recorded_index
+from pixlake.platform.store import local_index
+from pixlake.platform.store.local_index import LocalIndexHolder
 from pixlake.platform.store.retry import store_call, transient
 from pixlake.platform.store.schema import check_compatible, create_collection
 
@@ -80,6 +82,7 @@ class MilvusStore(CollectionAdmin):
         self.index: IndexChoice = planned_index(self.backend, index_plan)
         self._client = self._connect()
         self._closed = False
+        self._local = LocalIndexHolder(self)  # milvus-lite only, once keep_local_index asks
         if self._client.has_collection(collection):
             self._client.load_collection(collection)
             self.index = recorded_index(self._client.describe_collection(collection).get("description")) or self.index
@@ -165,6 +168,7 @@ class MilvusStore(CollectionAdmin):
             "index_note": self.index.reason,
             # a server reports how much of the collection its index covers
             **{k: index[k] for k in ("indexed_rows", "pending_index_rows") if k in index},
+            "local_index_rows": self._local.rows,  # None unless searches go through a local index
         }
 
     # --- rows ---------------------------------------------------------------------------
@@ -182,7 +186,9 @@ class MilvusStore(CollectionAdmin):
             self._client.delete(self.collection, ids=[r[R.ID] for r in rows])
             _fault("upsert.deleted")
             return int(self._client.insert(self.collection, [dict(r) for r in rows])["insert_count"])
-        return int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
+        written = int(self._client.upsert(self.collection, [dict(r) for r in rows])["upsert_count"])
+        local_index.written(self.uri, self.collection, rows)
+        return written
 
     @store_call
     def insert_missing(self, rows: Sequence[Mapping[str, Any]], model: str) -> int:
@@ -197,6 +203,7 @@ class MilvusStore(CollectionAdmin):
         new = [dict(r) for i, r in unique.items() if i not in existing]
         if new:
             self._client.insert(self.collection, new)
+            local_index.written(self.uri, self.collection, new)
         return len(new)
 
     @store_call
@@ -233,6 +240,22 @@ class MilvusStore(CollectionAdmin):
         """
         if not self.exists():
             raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
+        if self._local.ready:
+            return self._local.search(vectors, k, filter, output_fields)
+        return self._milvus_search(vectors, k, filter, output_fields)
+
+    def keep_local_index(self, min_rows: int) -> None:
+        """Search through an in-process HNSW index of this collection's vectors once it holds
+        ``min_rows`` rows (milvus-lite only; built on a thread, milvus-lite answers until then;
+        :mod:`.local_index`). For a long-lived searcher: the Serve app's Searcher calls it."""
+        self._local.start(min_rows)
+
+    @property
+    def local_index_min_rows(self) -> Optional[int]:
+        """What :meth:`keep_local_index` was given (None: no local index kept)."""
+        return self._local.min_rows
+
+    def _milvus_search(self, vectors, k, filter, output_fields) -> list[list[dict]]:
         res = self._client.search(
             self.collection,
             data=[list(map(float, v)) for v in vectors],
@@ -296,12 +319,17 @@ class MilvusStore(CollectionAdmin):
             raise ConfigError("delete takes ids or a filter, not both and not neither")
         if ids is not None and not ids:
             return 0
+        if ids is None and not filter:
+            raise ConfigError("delete with an empty filter would erase the collection; drop it instead")
         before = self.count()
+        if ids is None and local_index.kept(self.uri, self.collection):
+            ids = [r[R.ID] for r in self.query(filter, [R.ID])]  # to forget them in the local index too
+            filter = None
         if ids is not None:
-            self._client.delete(self.collection, ids=list(ids))
+            if ids:
+                self._client.delete(self.collection, ids=list(ids))
+                local_index.forgotten(self.uri, self.collection, ids)
         else:
-            if not filter:
-                raise ConfigError("delete with an empty filter would erase the collection; drop it instead")
             self._client.delete(self.collection, filter=filter)
         return before - self.count()
 
@@ -310,6 +338,7 @@ class MilvusStore(CollectionAdmin):
         """Drop the collection (tests and re-creation)."""
         if self.exists():
             self._client.drop_collection(self.collection)
+        self._local.stop()
 
     def close(self) -> None:
         """Release the client and, for milvus-lite, its in-process server and file lock
@@ -317,6 +346,7 @@ class MilvusStore(CollectionAdmin):
         if self._closed:
             return
         self._closed = True
+        self._local.stop()
         self._client.close()
         if self.backend == LITE:
             backends.lite_closed(self.uri)
