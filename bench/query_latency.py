@@ -85,11 +85,12 @@ def load(settings, rows: int, dim: int, fingerprint: str, seed: int = 0) -> tupl
 def opened_as_served(settings, fingerprint: str):
     """The collection opened as the Serve Searcher opens it, its local index (milvus-lite) built."""
     from pixlake.platform.collection import open_collection
+    from pixlake.platform.settings import LITE
 
     collection = open_collection(settings, fingerprint)
     store = collection.store
     store.keep_local_index(settings.store.local_index_min_rows)
-    if store.backend == "lite" and store.count() >= settings.store.local_index_min_rows:
+    if store.backend == LITE and store.count() >= settings.store.local_index_min_rows:
         while store.describe()["local_index_rows"] is None:
             time.sleep(0.5)
     return collection
