@@ -17,11 +17,19 @@ subject's ciphertext does not outlive its row in this process's memory either.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 import weakref
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from pixlake.platform import records as R
+from pixlake.platform.settings import LITE
+from pixlake.platform.store.filters import Filter, literal
+
+log = logging.getLogger(__name__)
 
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
 
@@ -165,8 +173,6 @@ class LocalIndexHolder:
         return len(index) if index is not None and not self._stopped.is_set() else None
 
     def start(self, min_rows: int) -> None:
-        from pixlake.platform.settings import LITE
-
         if self.store.backend != LITE or self.min_rows is not None:
             return
         self.min_rows = min_rows
@@ -179,12 +185,6 @@ class LocalIndexHolder:
         self._index = None
 
     def _build(self) -> None:
-        import logging
-        import time
-
-        from pixlake.platform import records as R
-
-        log = logging.getLogger(__name__)
         store = self.store
         try:
             while not self._stopped.is_set() and (not store.exists() or store.count() < self.min_rows):
@@ -209,8 +209,6 @@ class LocalIndexHolder:
 
     def written(self, rows) -> None:
         """Rows the store just wrote (their vectors, as stored)."""
-        from pixlake.platform import records as R
-
         if not self.active:
             return
         self._writes += 1
@@ -229,11 +227,6 @@ class LocalIndexHolder:
         """The store's search through the index: candidates from it, rows (and the filter)
         from milvus-lite; a query whose candidates run out before ``k`` rows pass the
         filter is searched by milvus-lite itself."""
-        from pixlake.platform import records as R
-        from pixlake.platform.store.filters import literal
-
-        from pixlake.platform.store.filters import Filter
-
         index = self._index
         if filter and not isinstance(filter, Filter):
             return self.store._milvus_search(vectors, k, filter, output_fields)  # no Python test of it
@@ -251,7 +244,7 @@ class LocalIndexHolder:
                     rows[row[R.ID]] = row
         results, short = [], []
         for q, found in enumerate(candidates):
-            hits = [{"id": i, "score": s, **{f: rows[i][f] for f in output_fields if f != "id"}}
+            hits = [{R.ID: i, "score": s, **{f: rows[i][f] for f in output_fields if f != R.ID}}
                     for i, s in found if i in rows][:k]
             if len(hits) < k and wanted < index.positions:
                 short.append(q)  # the filter left too few: ask milvus-lite
