@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pixlake.platform import records as R
+from pixlake.platform.errors import StoreError
 from pixlake.platform.store import MilvusStore, build_filter
 from pixlake.platform.store.local_index import LocalIndex
 from tests.platform.test_store_conformance import DIM, MODEL, make_rows
@@ -25,33 +26,53 @@ def _unit(n: int, dim: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_the_index_finds_the_nearest_and_a_forgotten_row_leaves_zeros():
-    x = _unit(2000, 32, 0)
-    ids = [f"r{i}" for i in range(len(x))]
-    index = LocalIndex(32)
-    index.add(ids, x)
+def _rows(x: np.ndarray, tenant: str = "t") -> list[dict]:
+    return [{R.ID: f"r{i}", R.TENANT: tenant, R.SOURCE: f"s{i}", R.VECTOR: v} for i, v in enumerate(x)]
+
+
+def test_the_index_answers_by_exact_cosine_and_a_forgotten_row_leaves_zeros():
+    # stored vectors are not unit length (ciphertexts are scaled): the graph works on their
+    # directions, the answer on the stored floats themselves
+    x = _unit(2000, 32, 0) * np.random.default_rng(9).uniform(50, 60, (2000, 1)).astype(np.float32)
+    index = LocalIndex(32, x[:500])
+    index.add(_rows(x))
     queries = _unit(30, 32, 1)
     found = index.search(queries, 10)
-    recall = np.mean([len({i for i, _ in hits} & {ids[j] for j in _exact_top(x, q, 10)}) / 10
-                      for q, hits in zip(queries, found)])
+    cosines = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ queries.T
+    recall = np.mean([len({row[R.ID] for row, _, _ in hits} & {f"r{j}" for j in np.argsort(-cosines[:, q])[:10]}) / 10
+                      for q, hits in enumerate(found)])
     assert recall >= 0.95
-    assert all(hits[0][1] >= hits[-1][1] for hits in found)  # best first
+    for q, hits in enumerate(found):
+        scores = [s for _, _, s in hits]
+        assert scores == sorted(scores, reverse=True)  # best first
+        for row, vector, score in hits:
+            j = int(row[R.ID][1:])
+            assert np.array_equal(vector, x[j])  # the stored float32 vector, bit for bit
+            assert score == pytest.approx(float(cosines[j, q]), abs=1e-5)
+            assert row[R.SOURCE] == f"s{j}" and R.VECTOR not in row
+    odd = index.search(queries[:1], 10, lambda row: int(row[R.ID][1:]) % 2 == 1)[0]
+    assert len(odd) == 10 and all(int(row[R.ID][1:]) % 2 == 1 for row, _, _ in odd)
+    assert index.search(queries[:1], 5, lambda row: False) == [None]  # nothing passes: ask the store
+
     index.forget(["r7"])
-    assert "r7" not in {i for i, _ in index.search(x[7:8], 50)[0]}
+    assert "r7" not in {row[R.ID] for row, _, _ in index.search(x[7:8], 50)[0]}
     assert len(index) == 1999 and index.positions == 2000
-    # the forgotten vector itself is gone from memory, not only hidden
-    assert not _stored(index)[7].any() and _stored(index)[8].any()
-    index.add(["r8"], -x[8:9])  # a row written again: its old vector is replaced
-    assert not _stored(index)[8].any()
-    assert index.search(-x[8:9], 1)[0][0][0] == "r8"
+    # the forgotten vector itself is gone from memory, its code too, not only hidden
+    vectors, codes = _stored(index)
+    assert not vectors[7].any() and not codes[7].any() and vectors[8].any() and codes[8].any()
+    index.add([{R.ID: "r8", R.VECTOR: -x[8]}])  # written again: the old vector goes
+    vectors, codes = _stored(index)
+    assert not vectors[8].any() and not codes[8].any()
+    assert index.search(-x[8:9], 1)[0][0][0][R.ID] == "r8"
 
 
-def _stored(index: LocalIndex) -> np.ndarray:
-    """The index's vectors as it holds them (read afresh: an addition may move them)."""
+def _stored(index: LocalIndex) -> tuple[np.ndarray, np.ndarray]:
+    """The index's float32 vectors and 8-bit codes as it holds them (copies, by position)."""
     import faiss
 
-    flat = faiss.rev_swig_ptr(faiss.downcast_index(index._index.storage).get_xb(), index.positions * index.dim)
-    return np.array(flat).reshape(index.positions, index.dim)
+    storage = faiss.downcast_index(index._index.storage)
+    codes = faiss.rev_swig_ptr(storage.codes.data(), index.positions * storage.code_size)
+    return index._vectors[:index.positions].copy(), np.array(codes).reshape(index.positions, -1)
 
 
 @pytest.fixture
@@ -81,10 +102,18 @@ def test_a_lite_store_searches_through_its_local_index_within_the_filter(lite_st
     lite_store.keep_local_index(0)
     _wait_ready(lite_store)
     milvus_calls = []
-    real = lite_store._milvus_search
-    monkeypatch.setattr(lite_store, "_milvus_search", lambda *a, **kw: milvus_calls.append(a) or real(*a, **kw))
-    via_local = lite_store.search(queries, k=10, filter=build_filter("big"), output_fields=(R.SOURCE,))
-    assert not milvus_calls, "a search with enough candidates went to milvus-lite"
+    client = lite_store._client
+    for name in ("search", "query", "has_collection"):
+        real = getattr(client, name)
+        monkeypatch.setattr(client, name, lambda *a, _real=real, _name=name, **kw: milvus_calls.append(_name) or _real(*a, **kw))
+    fields = (*R.SCALAR_FIELDS, R.VECTOR)
+    via_local = lite_store.search(queries, k=10, filter=build_filter("big"), output_fields=fields)
+    assert not milvus_calls, "a search with enough candidates called milvus-lite"
+    stored = {r[R.ID]: r for r in big}
+    for local in via_local:  # every field as milvus-lite stores it, the vector bit for bit
+        for hit in local:
+            assert {f: hit[f] for f in R.SCALAR_FIELDS} == {f: stored[hit["id"]][f] for f in R.SCALAR_FIELDS}
+            assert np.array_equal(hit[R.VECTOR], np.float32(stored[hit["id"]][R.VECTOR]))
     for q, local, milvus in zip(queries, via_local, via_milvus):
         exact = {big[j][R.ID] for j in _exact_top(vectors, q, 10)}
         assert len({h["id"] for h in local} & exact) >= 9  # as good as the exact answer, near enough
@@ -114,13 +143,47 @@ def test_deleted_rows_never_come_back_and_written_rows_are_found(lite_store):
         assert hits and all(h[R.SUBJECT] != subject for h in hits)
     index = lite_store._local._index
     assert all(i not in index._where for i in (r[R.ID] for r in erased))
-    held = _stored(index)
-    assert held.any(axis=1).sum() == len(rows) - len(erased)  # their vectors zeroed in memory
+    vectors, codes = _stored(index)
+    assert vectors.any(axis=1).sum() == codes.any(axis=1).sum() == len(rows) - len(erased)  # zeroed in memory
+    assert not {r[R.ID] for r in erased} & {r[R.ID] for r in index._rows if r}  # their fields gone too
 
     new = make_rows(5, seed=6, start=5000)
     lite_store.upsert(new)
     for row in new:
         assert lite_store.search([row[R.VECTOR]], k=1, filter=build_filter("t1"), output_fields=())[0][0]["id"] == row[R.ID]
+
+
+def test_a_write_while_the_build_reads_is_in_the_index(lite_store, monkeypatch):
+    lite_store.upsert(make_rows(600, seed=11))
+    late = make_rows(3, seed=12, start=9000)
+    real_pages, wrote = lite_store.pages, []
+
+    def pages(*args, **kwargs):
+        for page in real_pages(*args, **kwargs):
+            yield page
+            if not wrote:  # lands after the build took this page, before it publishes
+                wrote.append(lite_store.upsert(late))
+
+    monkeypatch.setattr(lite_store, "pages", pages)
+    lite_store.keep_local_index(0)
+    _wait_ready(lite_store)
+    assert wrote == [3] and len(lite_store._local._index) == 603
+    for row in late:
+        assert lite_store.search([row[R.VECTOR]], k=1, filter=build_filter("t1"), output_fields=())[0][0]["id"] == row[R.ID]
+
+
+def test_dropping_the_collection_anywhere_in_the_process_stops_its_local_index(lite_store):
+    lite_store.upsert(make_rows(300, seed=13))
+    lite_store.keep_local_index(0)
+    _wait_ready(lite_store)
+    other = MilvusStore(lite_store.uri, lite_store.collection)
+    try:
+        other.drop()
+    finally:
+        other.close()
+    assert not lite_store._local.ready
+    with pytest.raises(StoreError, match="does not exist"):
+        lite_store.search(_unit(1, DIM, 14), k=3, filter=build_filter("t1"), output_fields=())
 
 
 @pytest.mark.parametrize("tenant, meta, subject", [

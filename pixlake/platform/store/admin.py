@@ -12,6 +12,7 @@ import time
 from typing import Iterator, Optional, Sequence
 
 from pixlake.platform.settings import LITE
+from pixlake.platform.store import local_index
 from pixlake.platform.store.retry import store_call
 from pixlake.platform.store.schema import is_pixlake_collection
 
@@ -116,4 +117,5 @@ class CollectionAdmin:
     def rename(self, old: str, new: str) -> None:
         """Rename a collection of this database (its rows, index and id stay)."""
         self._client.rename_collection(old, new)
+        local_index.dropped(self.uri, old)  # its rows now live under another name
 

@@ -238,10 +238,10 @@ class MilvusStore(CollectionAdmin):
         Returns:
             One list per query of ``{"id", "score", <output_fields>...}``, best first.
         """
+        if self._local.ready:  # stopped when the collection is dropped (one process writes milvus-lite)
+            return self._local.search(vectors, k, filter, output_fields)
         if not self.exists():
             raise StoreError(f"collection {self.collection} does not exist in {self.uri}")
-        if self._local.ready:
-            return self._local.search(vectors, k, filter, output_fields)
         return self._milvus_search(vectors, k, filter, output_fields)
 
     def keep_local_index(self, min_rows: int) -> None:
@@ -338,6 +338,7 @@ class MilvusStore(CollectionAdmin):
         """Drop the collection (tests and re-creation)."""
         if self.exists():
             self._client.drop_collection(self.collection)
+        local_index.dropped(self.uri, self.collection)
         self._local.stop()
 
     def close(self) -> None:

@@ -1,59 +1,93 @@
-"""An in-process HNSW index over a milvus-lite collection's stored vectors, for a long-lived
-searcher (the Serve app's Searcher).
+"""An in-process copy of a milvus-lite collection, searched through an HNSW index, for a
+long-lived searcher (the Serve app's Searcher).
 
 milvus-lite's own search costs time in proportion to the rows even with its HNSW index
-loaded: a top-50 over 512-d rows took 22 ms at 30k rows and 62 ms at 100k on the 2-core
-development machine, whatever ``ef`` (docs/capacity.md), where faiss's HNSW answers in
-well under a millisecond. So a searcher that lives long enough to build one keeps this
-index of the same vectors Milvus stores (ciphertexts when encryption is on: nothing here is
-plaintext) and uses it only to propose candidate ids. The rows are then read back from
-milvus-lite by id under the caller's filter, so a deleted, erased, filtered-out or other
-tenant's row is never returned because of this index; it can only cost recall, and the
-store falls back to milvus-lite's search when too few candidates survive the filter.
+loaded (a top-50 over 512-d rows: 22 ms at 30k rows, 62-75 ms at 100k on the 2-core
+development machine, whatever ``ef``), and reading rows back costs more than finding them:
+any predicate beside a primary-key lookup makes it scan every row, and even a lookup of
+116 ids by key took 15 ms plus 6 ms to decode (docs/capacity.md). milvus-lite has one
+writing process, this one, so a searcher that lives long enough keeps the collection's rows
+itself: every field as stored (ciphertexts and sealed sources when encryption is on:
+nothing here is plaintext), kept current by every write and delete the process makes, and
+answers a search from them without calling milvus-lite:
 
-Deleting through the store zeroes the deleted rows' vectors here too, so an erased
-subject's ciphertext does not outlive its row in this process's memory either.
+1. an HNSW graph over the stored vectors scaled to unit length (faiss ``IndexHNSWSQ``:
+   8-bit codes, a quarter of float32's bytes, as good as flat storage at proposing) proposes
+   a few hundred positions;
+2. each proposal is scored exactly (cosine, as Milvus's ``COSINE``) from the stored float32
+   vector and tested against the caller's filter in Python (:meth:`Filter.matches`);
+3. the best ``k`` that pass are returned with their stored fields. When the proposals run
+   out before ``k`` pass (a tenant with a tiny share of the rows, a narrow filter), the
+   proposals widen once, then milvus-lite's own search answers.
+
+Deleting through any store of the process removes the rows here too, and overwrites their
+vector and its code with zeros: an erased subject's ciphertext does not outlive its row in
+this process's memory.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import sys
 import threading
 import time
 import weakref
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pixlake.platform import records as R
 from pixlake.platform.settings import LITE
-from pixlake.platform.store.filters import Filter, literal
+from pixlake.platform.store.filters import Filter
 
 log = logging.getLogger(__name__)
 
-HNSW_M, HNSW_EF_CONSTRUCTION = 32, 40
+# Graph degree and build effort: efConstruction 100 against 40 took the share of the exact
+# top-50 among 200 proposals from 0.92 to 0.98 for text-like queries (30k encrypted rows).
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 32, 100, 256
+# Proposals per query: at least this many, or this many per hit wanted; widened this many
+# times once when too few pass the filter.
+PROPOSE_MIN, PROPOSE_PER_HIT, WIDEN = 200, 4, 8
+BUILD_PAGE = 5000
+_FIELDS = (*R.SCALAR_FIELDS, R.VECTOR)
+_SHARED = (R.TENANT, R.MODEL)  # few distinct values: one string object each
 
 
-def _unit(vectors: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (Milvus's COSINE equals inner product on them)."""
-    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (Milvus's COSINE is inner product on them)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
+    return np.ascontiguousarray(x / np.where(norms > 0, norms, 1), dtype=np.float32)
+
+
+def _bytes_of(vector: Any, size: int) -> np.ndarray:
+    """A faiss std::vector<uint8_t> as a writable numpy view of its first ``size`` bytes."""
+    import faiss
+
+    return faiss.rev_swig_ptr(vector.data(), size)
 
 
 class LocalIndex:
-    """HNSW (faiss, inner product on unit vectors) from row ids to stored vectors.
+    """Rows by position: their stored fields, their stored vectors (float32, exact) and an
+    HNSW graph over the vectors' directions that proposes positions for a query.
+
+    Args:
+        dim: the vectors' width.
+        sample: stored vectors the 8-bit codes take their per-dimension ranges from (the
+            first rows read); a later vector outside them is clipped in its code only.
 
     Thread-safe: searches, additions and deletions take one lock (faiss's HNSW may not be
     searched while it grows)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, sample: np.ndarray):
         import faiss
 
         self.dim = dim
-        self._index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        self._index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         self._index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        self._ids: list[str | None] = []  # position -> row id (None: deleted)
+        self._index.train(_unit(np.asarray(sample, np.float32)))
+        self._vectors = np.zeros((1024, dim), np.float32)  # by position, grown by doubling
+        self._rows: list[Optional[dict]] = []  # by position: stored fields (None: deleted)
         self._where: dict[str, int] = {}  # row id -> its current position
         self._lock = threading.Lock()
 
@@ -62,24 +96,37 @@ class LocalIndex:
 
     @property
     def positions(self) -> int:
-        """Vectors held, deleted ones included (what a search can return at most)."""
+        """Vectors held, deleted ones included (what a search can propose at most)."""
         return self._index.ntotal
 
-    def add(self, ids: Sequence[str], vectors: Sequence[Sequence[float]] | np.ndarray) -> None:
-        """Index rows; a row id indexed before is replaced (its old vector zeroed)."""
-        if not len(ids):
+    def add(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Hold rows as stored (every field, ``vector`` included); a row held before is
+        replaced (its old vector zeroed)."""
+        if not rows:
             return
-        x = _unit(vectors)
+        x = np.asarray([r[R.VECTOR] for r in rows], np.float32).reshape(len(rows), self.dim)
+        fields = []
+        for r in rows:
+            row = {f: v for f, v in r.items() if f != R.VECTOR}
+            for f in _SHARED:
+                if isinstance(row.get(f), str):
+                    row[f] = sys.intern(row[f])
+            fields.append(row)
         with self._lock:
-            self._zero([i for i in ids if i in self._where])
-            start = len(self._ids)
-            self._index.add(x)
-            for offset, row_id in enumerate(ids):
-                self._ids.append(row_id)
-                self._where[row_id] = start + offset
+            self._zero([r[R.ID] for r in rows if r[R.ID] in self._where])
+            start = self._index.ntotal
+            if start + len(rows) > len(self._vectors):
+                grown = np.zeros((max(2 * len(self._vectors), start + len(rows)), self.dim), np.float32)
+                grown[:start] = self._vectors[:start]
+                self._vectors = grown
+            self._vectors[start:start + len(rows)] = x
+            self._index.add(_unit(x))
+            for offset, row in enumerate(fields):
+                self._rows.append(row)
+                self._where[row[R.ID]] = start + offset
 
     def forget(self, ids: Iterable[str]) -> None:
-        """Drop rows: their vectors are overwritten with zeros and never proposed again."""
+        """Drop rows: their fields go, their vectors and codes are overwritten with zeros."""
         with self._lock:
             self._zero(list(ids))
 
@@ -89,30 +136,47 @@ class LocalIndex:
         positions = [self._where.pop(i) for i in ids if i in self._where]
         if not positions:
             return
-        stored = faiss.rev_swig_ptr(faiss.downcast_index(self._index.storage).get_xb(), self._index.ntotal * self.dim)
-        stored = stored.reshape(self._index.ntotal, self.dim)  # a view: writing it writes the index
+        storage = faiss.downcast_index(self._index.storage)
+        codes = _bytes_of(storage.codes, self._index.ntotal * storage.code_size).reshape(self._index.ntotal, -1)
         for p in positions:
-            stored[p] = 0.0
-            self._ids[p] = None
+            self._vectors[p] = 0.0
+            codes[p] = 0
+            self._rows[p] = None
 
-    def search(self, vectors: Sequence[Sequence[float]] | np.ndarray, n: int) -> list[list[tuple[str, float]]]:
-        """Up to ``n`` ``(row id, cosine)`` candidates per query, best first."""
-        q = _unit(vectors)
+    def search(self, queries: np.ndarray, n: int, accept: Optional[Callable[[Mapping[str, Any]], bool]] = None,
+               ) -> list[Optional[list[tuple[dict, np.ndarray, float]]]]:
+        """Up to ``n`` held rows per query that ``accept`` takes, as ``(fields, stored
+        vector, cosine)``, best first by exact cosine; None for a query whose proposals ran
+        out before ``n`` passed while rows were left unproposed (ask the store itself)."""
+        q = np.asarray(queries, np.float32).reshape(-1, self.dim)
+        out: list[Optional[list]] = []
         with self._lock:
-            n = min(n, self._index.ntotal)
-            if n == 0:
-                return [[] for _ in range(len(q))]
-            self._index.hnsw.efSearch = max(64, n)
-            scores, positions = self._index.search(q, n)
-            return [[(self._ids[p], float(s)) for s, p in zip(row_s, row_p) if p >= 0 and self._ids[p] is not None]
-                    for row_s, row_p in zip(scores, positions)]
+            for one in q:
+                first = max(PROPOSE_MIN, PROPOSE_PER_HIT * n)
+                for propose in (first, first * WIDEN):
+                    hits = self._best(one, propose, n, accept)
+                    if len(hits) >= n or propose >= self._index.ntotal:
+                        break
+                else:
+                    hits = None
+                out.append(hits)
+        return out
 
-
-# Candidates asked of the index per hit wanted, and this many more: they must survive the
-# caller's filter (a tenant's share of the rows) and deletions since. Reading them back costs
-# about 0.08 ms each at 512-d (116 ids: 10 ms, 264: 23 ms, at 100k rows).
-OVERFETCH, OVERFETCH_MIN = 2, 16
-BUILD_PAGE = 5000
+    def _best(self, query: np.ndarray, propose: int, n: int, accept) -> list[tuple[dict, np.ndarray, float]]:
+        propose = min(propose, self._index.ntotal)
+        if propose == 0:
+            return []
+        self._index.hnsw.efSearch = max(HNSW_EF_SEARCH, propose)
+        _, found = self._index.search(_unit(query[None, :]), propose)
+        positions = [p for p in found[0] if p >= 0 and self._rows[p] is not None
+                     and (accept is None or accept(self._rows[p]))]
+        if not positions:
+            return []
+        stored = self._vectors[positions]
+        norms = np.linalg.norm(stored, axis=1) * float(np.linalg.norm(query))
+        scores = stored @ query / np.where(norms > 0, norms, 1)
+        best = np.argsort(-scores, kind="stable")[:n]
+        return [(self._rows[positions[i]], stored[i], float(scores[i])) for i in best]
 
 
 # The local indexes of this process by (database, collection): a write or delete through any
@@ -139,9 +203,26 @@ def written(uri: str, collection: str, rows) -> None:
 
 
 def forgotten(uri: str, collection: str, ids) -> None:
-    """Rows just deleted from the collection: its local indexes zero their vectors."""
+    """Rows just deleted from the collection: its local indexes drop them and zero their vectors."""
     for holder in _holders(uri, collection):
         holder.forget(ids)
+
+
+def dropped(uri: str, collection: str) -> None:
+    """The collection was dropped: its local indexes stop (the next search asks milvus-lite)."""
+    for holder in _holders(uri, collection):
+        holder.stop()
+
+
+@atexit.register
+def _stop_all() -> None:
+    # A build thread still inside faiss when the interpreter tears down aborts the process
+    # ("terminate called without an active exception"): stop them, wait for the page in hand.
+    with _KEPT_LOCK:
+        holders = [h for kept_ in _KEPT.values() for h in kept_]
+    for holder in holders:
+        holder.stop()
+        holder.join(10.0)
 
 
 class LocalIndexHolder:
@@ -153,8 +234,10 @@ class LocalIndexHolder:
         self.store = store
         self.min_rows: int | None = None
         self._index: LocalIndex | None = None
-        self._writes = 0  # writes through the store while a build reads the rows
+        self._writes = 0  # writes through the store since the build began reading
+        self._lock = threading.Lock()  # a write and the build's publishing: one before the other
         self._stopped = threading.Event()
+        self._thread: Optional[threading.Thread] = None
 
     @property
     def active(self) -> bool:
@@ -178,78 +261,77 @@ class LocalIndexHolder:
         self.min_rows = min_rows
         with _KEPT_LOCK:
             _KEPT.setdefault((self.store.uri, self.store.collection), weakref.WeakSet()).add(self)
-        threading.Thread(target=self._build, daemon=True, name=f"pixlake-local-index-{self.store.collection}").start()
+        self._thread = threading.Thread(target=self._build, daemon=True,
+                                        name=f"pixlake-local-index-{self.store.collection}")
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stop keeping the index and free it (searches go to milvus-lite)."""
         self._stopped.set()
         self._index = None
+
+    def join(self, timeout: float) -> None:
+        """Wait for the build thread to end (after :meth:`stop`)."""
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _build(self) -> None:
         store = self.store
         try:
-            while not self._stopped.is_set() and (not store.exists() or store.count() < self.min_rows):
-                time.sleep(5.0)  # an empty or small collection: milvus-lite is fast enough there
+            while not (store.exists() and store.count() >= self.min_rows):
+                if self._stopped.wait(5.0):  # an empty or small collection: milvus-lite is fast enough there
+                    return
             while not self._stopped.is_set():
                 t0, writes = time.monotonic(), self._writes
                 index = None
-                for page in store.pages("", [R.ID, R.VECTOR], size=BUILD_PAGE):
+                for page in store.pages("", list(_FIELDS), size=BUILD_PAGE):
                     if self._stopped.is_set():
                         return
-                    index = index or LocalIndex(len(page[0][R.VECTOR]))
-                    index.add([r[R.ID] for r in page], [r[R.VECTOR] for r in page])
-                if writes == self._writes:  # else rows changed under the read: read them again
-                    break
-            if index is not None and not self._stopped.is_set():
-                self._index = index
-                log.info("%s: searching through a local HNSW index of %d rows (built in %.1f s)",
-                         store.collection, len(index), time.monotonic() - t0)
+                    index = index or LocalIndex(len(page[0][R.VECTOR]), [r[R.VECTOR] for r in page])
+                    index.add(page)
+                with self._lock:  # a write after this sees the index; one before, a changed count
+                    if writes == self._writes:
+                        if index is not None and not self._stopped.is_set():
+                            self._index = index
+                            log.info("%s: searching a local copy of its %d rows through HNSW (built in %.1f s)",
+                                     store.collection, len(index), time.monotonic() - t0)
+                        return
+                # rows changed under the read: read them again
         except Exception:  # noqa: BLE001 - milvus-lite keeps answering; the index is an accelerator
             if not self._stopped.is_set():
                 log.exception("%s: the local index could not be built; searching through milvus-lite", store.collection)
 
-    def written(self, rows) -> None:
-        """Rows the store just wrote (their vectors, as stored)."""
-        if not self.active:
-            return
-        self._writes += 1
-        if self._index is not None:
-            self._index.add([r[R.ID] for r in rows], [r[R.VECTOR] for r in rows])
+    def _current(self) -> Optional[LocalIndex]:
+        """Count a write, and return the index it must reach (None: a build will read it)."""
+        with self._lock:
+            self._writes += 1
+            return self._index
+
+    def written(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Rows the store just wrote (every field, as stored)."""
+        if self.active and (index := self._current()) is not None:
+            index.add(rows)
 
     def forget(self, ids) -> None:
         """Rows the store just deleted."""
-        if not self.active:
-            return
-        self._writes += 1
-        if self._index is not None:
-            self._index.forget(ids)
+        if self.active and (index := self._current()) is not None:
+            index.forget(ids)
 
     def search(self, vectors, k: int, filter: str, output_fields) -> list[list[dict]]:
-        """The store's search through the index: candidates from it, rows (and the filter)
-        from milvus-lite; a query whose candidates run out before ``k`` rows pass the
-        filter is searched by milvus-lite itself."""
+        """The store's search answered from the local copy: ``k`` rows that pass the filter,
+        by exact cosine among the HNSW's proposals; a query whose proposals run out first is
+        searched by milvus-lite itself, as is every query under a filter with no Python test."""
         index = self._index
-        if filter and not isinstance(filter, Filter):
-            return self.store._milvus_search(vectors, k, filter, output_fields)  # no Python test of it
-        wanted = k * OVERFETCH + OVERFETCH_MIN
-        candidates = index.search(vectors, wanted)
-        ids = sorted({i for found in candidates for i, _ in found})
-        rows = {}
-        if ids:
-            # ids alone: any other predicate makes milvus-lite scan every row; the filter is
-            # tested here instead (Filter.matches decides as Milvus does)
-            fields = sorted({R.ID, *output_fields, *(filter.fields if filter else ())})
-            expr = f"{R.ID} in [{', '.join(literal(i) for i in ids)}]"
-            for row in self.store._client.query(self.store.collection, filter=expr, output_fields=fields):
-                if not filter or filter.matches(row):
-                    rows[row[R.ID]] = row
-        results, short = [], []
-        for q, found in enumerate(candidates):
-            hits = [{R.ID: i, "score": s, **{f: rows[i][f] for f in output_fields if f != R.ID}}
-                    for i, s in found if i in rows][:k]
-            if len(hits) < k and wanted < index.positions:
-                short.append(q)  # the filter left too few: ask milvus-lite
-            results.append(hits)
-        if short:
+        if index is None or (filter and not isinstance(filter, Filter)):
+            return self.store._milvus_search(vectors, k, filter, output_fields)
+        found = index.search(np.asarray(vectors, np.float32), k, filter.matches if filter else None)
+        results = [None if hits is None else
+                   [{R.ID: row[R.ID], "score": score,
+                     **{f: (vector if f == R.VECTOR else row.get(f)) for f in output_fields if f != R.ID}}
+                    for row, vector, score in hits]
+                   for hits in found]
+        short = [q for q, hits in enumerate(results) if hits is None]
+        if short:  # the filter left too few: ask milvus-lite
             again = self.store._milvus_search([vectors[q] for q in short], k, filter, output_fields)
             for q, hits in zip(short, again):
                 results[q] = hits
