@@ -46,27 +46,28 @@ def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: floa
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def load(settings, rows: int, dim: int, fingerprint: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
-    """Write ``rows`` encrypted records; returns (plaintext vectors, centres, seconds)."""
+def load(settings, rows: int, dim: int, fingerprint: str, seed: int = 0, first: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """Write encrypted records ``first`` to ``rows`` (from 0: into a fresh collection);
+    returns (their plaintext vectors, the centres, seconds)."""
     from pixlake.platform import records as R
     from pixlake.platform.collection import open_collection
 
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1000, dim)).astype(np.float32)
+    centres = np.random.default_rng(seed).standard_normal((1000, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    plain = np.empty((rows, dim), np.float32)
+    rng = np.random.default_rng([seed, first])
+    plain = np.empty((rows - first, dim), np.float32)
     t0 = time.perf_counter()
     with open_collection(settings) as collection:
         store, gov = collection.store, collection.governance
-        if store.exists():
+        if store.exists() and first == 0:
             store.drop()
         store.ensure_collection(dim, fingerprint)
         crypto = gov.tenant_crypto(TENANT)
         subjects = [crypto.pseudonym(f"subject-{i}") for i in range(SUBJECTS)]
         keys = gov.data_keys(TENANT, subjects)
-        for start in range(0, rows, BATCH):
+        for start in range(first, rows, BATCH):
             n = min(BATCH, rows - start)
-            plain[start:start + n] = clustered(rng, centres, n, 0.3)
+            plain[start - first:start - first + n] = clustered(rng, centres, n, 0.3)
             records = []
             for j in range(n):
                 i = start + j
@@ -74,7 +75,7 @@ def load(settings, rows: int, dim: int, fingerprint: str, seed: int = 0) -> tupl
                 subject = subjects[i % SUBJECTS]
                 records.append({R.ID: R.row_id(TENANT, subject, chash), R.TENANT: TENANT, R.SUBJECT: subject,
                                 R.CONTENT_HASH: chash, R.SOURCE: f"synthetic://{i}", R.MODEL: fingerprint,
-                                R.META: {"label": f"l{i % 16}"}, R.VECTOR: plain[i].tolist()})
+                                R.META: {"label": f"l{i % 16}"}, R.VECTOR: plain[i - first].tolist()})
             store.upsert(crypto.protect(records, keys))
             if (start + n) % 100_000 == 0 or start + n == rows:
                 print(f"  loaded {start + n:,}/{rows:,} rows ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)

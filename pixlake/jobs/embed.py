@@ -58,11 +58,15 @@ class EmbedConfig(JobConfig):
 def run(config: EmbedConfig) -> int:
     """Embed ``config.source``; prints the summary (or the JSON report). Returns the exit code."""
     from pixlake.jobs.console import progress_display
+    from pixlake.platform.collection import crossover_hint
     from pixlake.platform.pipeline.job import run_embed_job
 
     with progress_display() as progress:
         report = run_embed_job(config.source, config.settings, progress=progress)
     emit(json.dumps(report.to_dict(), indent=2) if config.print_json else report.summary())
+    hint = crossover_hint(config.settings, report.collection_count)
+    if hint:
+        print(hint, file=sys.stderr)
     return 0
 
 

@@ -14,9 +14,27 @@ import numpy as np
 
 from pixlake.platform import records as R
 from pixlake.platform.errors import StoreError
-from pixlake.platform.governance.service import Governance
-from pixlake.platform.settings import Settings
+from pixlake.platform.governance.service import Governance, governance_dir
+from pixlake.platform.settings import LITE, Settings, backend_of
 from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter, literal
+
+
+# Past this many rows a Milvus server is the better store for a collection on milvus-lite
+# (docs/capacity.md §4b, bench/lite_growth.py): searches stay fast through the Searcher's
+# local copy, but every `pixlake serve` start builds that copy before searches use it, and
+# it holds the rows a second time in memory. Read at call time: tests lower it.
+LITE_CROSSOVER_ROWS = 200_000
+
+
+def crossover_hint(settings: Settings, rows: int) -> Optional[str]:
+    """One line naming how to move a milvus-lite collection of ``rows`` rows past
+    :data:`LITE_CROSSOVER_ROWS` to a Milvus server; None on a server or below it."""
+    if backend_of(settings.store.db) != LITE or rows < LITE_CROSSOVER_ROWS:
+        return None
+    return (f"pixlake: hint: {settings.store.collection} holds {rows:,} rows on milvus-lite; past "
+            f"{LITE_CROSSOVER_ROWS:,} a Milvus server serves it better: re-embed the same sources with "
+            f"--db http://HOST:19530 and governance.key_dir={governance_dir(settings)} "
+            f"(docs/capacity.md, 'Moving to a Milvus server')")
 
 
 def check_fingerprint(store: MilvusStore, fingerprint: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Callable, Iterator
 
@@ -39,12 +40,16 @@ def check_model_matches(settings: ServeSettings) -> str:
         StoreError: the collection is missing or was embedded by another encoder.
         ModelError: the encoder cannot be loaded.
     """
+    from pixlake.platform.collection import crossover_hint, open_collection
     from pixlake.platform.encoder import load_encoder
-    from pixlake.platform.query import open_collection
 
     fingerprint = load_encoder(settings.model, settings.pretrained, device="cpu").fingerprint
+    platform = settings.platform_settings()
     # milvus-lite: closed at once, as the Searcher replica must be the only process holding it
-    open_collection(settings.platform_settings(), fingerprint).close()
+    with open_collection(platform, fingerprint) as opened:
+        hint = crossover_hint(platform, opened.store.count())
+    if hint:
+        print(hint, file=sys.stderr)
     return fingerprint
 
 

@@ -139,6 +139,15 @@ def test_crypto_recall(capsys, ray_session):
 # --- in their own processes: each starts and stops its own Ray, Serve app or contenders -----
 
 
+def test_lite_growth(tmp_path):
+    result = json.loads(run_script("lite_growth", "--sizes", "300,600", "--queries", "5", "--out", str(tmp_path),
+                                   "--json").strip().splitlines()[-1])
+    assert [r["rows"] for r in result["sizes"]] == [300, 600]
+    for r in result["sizes"]:
+        assert r["milvus_lite_p50_ms"] > 0 and r["local_p50_ms"] > 0 and r["build_s"] >= 0
+        assert 0.5 <= r["recall_at_10"] <= 1  # the copy answers, and near the exact top-10
+
+
 def test_query_latency(tmp_path, monkeypatch):
     # a local index from 100 rows: the Searcher must search through it (the script waits for
     # /v1/collections to say so before it measures)

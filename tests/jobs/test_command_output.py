@@ -134,6 +134,7 @@ def test_an_embed_command_shows_its_report_and_one_progress_display_and_logs_ray
     from tests.conftest import TINY, TINY_ENV, run_cli
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr("pixlake.platform.collection.LITE_CROSSOVER_ROWS", 4)  # this run reaches it
     for name, value in TINY_ENV.items():
         monkeypatch.setenv(name, value)
     write_corpus(tmp_path / "c", 4, seed=5)
@@ -142,6 +143,8 @@ def test_an_embed_command_shows_its_report_and_one_progress_display_and_logs_ray
     out, err = capfd.readouterr()
     assert code == 0, err
     assert json.loads(out)["embedded"] == 4  # stdout: the report alone
+    hints = [line for line in err.splitlines() if line.startswith("pixlake: hint: ")]
+    assert len(hints) == 1 and "holds 4 rows on milvus-lite" in hints[0] and "--db http://" in hints[0], err
     progress = [line for line in err.splitlines() if line.startswith("embedding  ")]
     assert progress and progress[-1].startswith("embedding  4/4 items  "), err
     # Ray Data's execution lines and the driver's actor-restart notice: in the log, not on stderr

@@ -208,3 +208,17 @@ def test_a_filter_decides_in_python_as_milvus_does(lite_store, tenant, meta, sub
     by_milvus = {r[R.ID] for r in lite_store.query(built, [R.ID])}
     by_python = {r[R.ID] for r in rows if built.matches(r)}
     assert by_python == by_milvus
+
+
+def test_the_crossover_hint_names_the_move_to_a_server_only_past_it(tmp_path):
+    from pixlake.platform.collection import LITE_CROSSOVER_ROWS, crossover_hint
+    from pixlake.platform.settings import Settings
+
+    lite = Settings(store={"db": str(tmp_path / "big.db"), "collection": "photos"})
+    assert crossover_hint(lite, LITE_CROSSOVER_ROWS - 1) is None
+    hint = crossover_hint(lite, LITE_CROSSOVER_ROWS)
+    assert hint.startswith(f"pixlake: hint: photos holds {LITE_CROSSOVER_ROWS:,} rows on milvus-lite")
+    assert "--db http://HOST:19530" in hint and f"governance.key_dir={tmp_path / 'big.governance'}" in hint
+    assert "\n" not in hint  # one line
+    server = Settings(store={"db": "http://127.0.0.1:19530", "collection": "photos"}, governance={"key_dir": str(tmp_path)})
+    assert crossover_hint(server, 10 * LITE_CROSSOVER_ROWS) is None

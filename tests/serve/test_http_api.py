@@ -206,6 +206,27 @@ def test_server_keeps_serving_after_bad_input(served):
     assert _post(served, "/v1/search", {"text": "still here"}).status_code == 200
 
 
+def test_serving_a_lite_collection_past_the_crossover_prints_how_to_move_it(tmp_path, monkeypatch, capsys):
+    from pixlake.platform.encoder import load_encoder
+    from pixlake.platform.store import MilvusStore
+    from pixlake.serve.config import ServeSettings
+    from pixlake.serve.run import check_model_matches
+
+    fingerprint = load_encoder("pixlake-tiny", "none", device="cpu").fingerprint
+    db = str(tmp_path / "m.db")
+    with MilvusStore(db, "images") as store:
+        store.ensure_collection(32, fingerprint)
+        store.upsert([{"id": f"r{i}", "tenant": "t", "subject": "s", "content_hash": "h", "source": "x", "model": fingerprint,
+                       "meta": {}, "nonce": "", "key_id": "", "vector": [1.0] + [0.0] * 31} for i in range(3)])
+    settings = ServeSettings(db=db, collection="images", model="pixlake-tiny", pretrained="none")
+    check_model_matches(settings)
+    assert "hint" not in capsys.readouterr().err  # 3 rows: below the crossover
+    monkeypatch.setattr("pixlake.platform.collection.LITE_CROSSOVER_ROWS", 3)
+    check_model_matches(settings)
+    err = capsys.readouterr().err
+    assert err.startswith("pixlake: hint: images holds 3 rows on milvus-lite") and str(tmp_path / "m.governance") in err
+
+
 def test_serving_with_another_encoder_is_refused(tmp_path):
     """The query encoder must have the collection's fingerprint (checked before deploying)."""
     from pixlake.platform.errors import StoreError
