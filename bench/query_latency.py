@@ -84,12 +84,14 @@ def load(settings, rows: int, dim: int, fingerprint: str, seed: int = 0, first: 
 
 
 def opened_as_served(settings, fingerprint: str):
-    """The collection opened as the Serve Searcher opens it, its local index (milvus-lite) built."""
+    """The collection opened as the Serve Searcher opens it: on a server once its index covers
+    every row, on milvus-lite with the Searcher's local copy built."""
     from pixlake.platform.collection import open_collection
     from pixlake.platform.settings import LITE
 
     collection = open_collection(settings, fingerprint)
     store = collection.store
+    store.wait_for_index(timeout=3600)  # a server: searched through its built index, not growing segments
     store.keep_local_index(settings.store.local_index_min_rows)
     if store.backend == LITE and store.count() >= settings.store.local_index_min_rows:
         while store.describe()["local_index_rows"] is None:
@@ -211,6 +213,10 @@ def main(argv=None) -> dict:
     if a.backend == "lite":
         shutil.rmtree(out / "query.db", ignore_errors=True)
         (out / "query.db").unlink(missing_ok=True)
+    if a.backend == "server":  # a server deployment never creates its master key: this run's throwaway one
+        from pixlake.platform.governance.master_key import load_master_key
+
+        load_master_key(out / "query.governance", create=True)
     encoder = load_encoder(a.model, a.pretrained, device="cpu")
     serve = ServeSettings(db=db, collection="bench_query", model=a.model, pretrained=a.pretrained,
                           keys=parse_api_keys("kb:acme:search"), rate_per_s=1e6, rate_burst=10**6,
