@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from common import pct
-from query_latency import K, TENANT, clustered, load, opened_as_served
+from embedded_milvus import rss_mib
+from query_latency import K, TENANT, clustered, load, opened_as_served, recall_of
 
 
 def _p50(collection, queries: np.ndarray) -> float:
@@ -38,12 +40,6 @@ def _p50(collection, queries: np.ndarray) -> float:
         collection.search(q, k=K, tenant=TENANT)
         lat.append((time.perf_counter() - s) * 1000)
     return round(pct(lat, 50), 2)
-
-
-def _rss_mib() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 def main(argv=None) -> dict:
@@ -74,15 +70,13 @@ def main(argv=None) -> dict:
         with open_collection(settings, fingerprint) as collection:
             collection.search(queries[0], k=K, tenant=TENANT)
             lite_p50 = _p50(collection, queries)
-        before, t0 = _rss_mib(), time.perf_counter()
+        before, t0 = rss_mib(os.getpid()), time.perf_counter()
         collection = opened_as_served(settings, fingerprint)
         try:
             build_s = time.perf_counter() - t0
-            copy_mib = _rss_mib() - before
+            copy_mib = rss_mib(os.getpid()) - before
             local_p50 = _p50(collection, queries)
-            exact = np.argsort(-(plain @ queries.T), axis=0)[:K].T
-            found = [{int(h["source"].rsplit("/", 1)[1]) for h in collection.search(q, k=K, tenant=TENANT)} for q in queries]
-            recall = float(np.mean([len(set(e.tolist()) & f) / K for e, f in zip(exact, found)]))
+            recall = recall_of(collection, plain, queries)
         finally:
             collection.close()
         results.append({"rows": size, "load_s": round(load_s, 1), "milvus_lite_p50_ms": lite_p50,

@@ -104,16 +104,19 @@ def recall(collection, plain: np.ndarray, centres: np.ndarray, seed: int = 1) ->
     rng = np.random.default_rng(seed)
     queries = {"image": plain[rng.integers(0, len(plain), 50)] + 0.05 / np.sqrt(plain.shape[1]) * rng.standard_normal((50, plain.shape[1])),
                "text": clustered(rng, centres, 50, 1.0)}
-    out = {}
-    for kind, q in queries.items():
-        q = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-        found = []
-        for v in q:
-            exact = set(np.argsort(-(plain @ v))[:K].tolist())
-            got = {int(h["source"].rsplit("/", 1)[1]) for h in collection.search(v, k=K, tenant=TENANT)}
-            found.append(len(exact & got) / K)
-        out[kind] = round(float(np.mean(found)), 4)
-    return out
+    return {kind: round(recall_of(collection, plain, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)), 4)
+            for kind, q in queries.items()}
+
+
+def recall_of(collection, plain: np.ndarray, queries: np.ndarray) -> float:
+    """Mean recall@10 of pixlake's answers to unit ``queries`` against the exact top-10 of ``plain``
+    (rows are told apart by their ``synthetic://<row>`` source)."""
+    found = []
+    for v in queries:
+        exact = set(np.argsort(-(plain @ v))[:K].tolist())
+        got = {int(h["source"].rsplit("/", 1)[1]) for h in collection.search(v, k=K, tenant=TENANT)}
+        found.append(len(exact & got) / K)
+    return float(np.mean(found))
 
 
 def in_process(collection, encoder, n: int) -> dict:

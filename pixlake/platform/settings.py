@@ -82,9 +82,9 @@ class StoreSettings(BaseModel):
     )
     local_index_min_rows: int = Field(
         10_000, ge=0,
-        description="on milvus-lite, pixlake serve searches through an in-process HNSW index of the "
-                    "collection's stored vectors once it holds this many rows (milvus-lite's own search "
-                    "grows with the rows); candidates are read back from milvus-lite by id under the filter",
+        description="on milvus-lite, pixlake serve answers searches from an in-process copy of the "
+                    "collection's stored rows (an HNSW index over their vectors) once it holds this many "
+                    "rows (milvus-lite's own search grows with the rows)",
     )
     search_consistency: Literal["strong", "bounded"] = Field(
         "strong",

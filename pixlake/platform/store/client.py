@@ -37,7 +37,6 @@ from pixlake.platform.store.backends import check_db_location
 from pixlake.platform.store.filters import literal
 from pixlake.platform.store.index import IndexChoice, planned_index, recorded_index
 from pixlake.platform.store import local_index
-from pixlake.platform.store.local_index import LocalIndexHolder
 from pixlake.platform.store.retry import store_call, transient
 from pixlake.platform.store.schema import check_compatible, create_collection
 
@@ -82,7 +81,7 @@ class MilvusStore(CollectionAdmin):
         self.index: IndexChoice = planned_index(self.backend, index_plan)
         self._client = self._connect()
         self._closed = False
-        self._local = LocalIndexHolder(self)  # milvus-lite only, once keep_local_index asks
+        self._local = local_index.LocalIndexHolder(self)  # milvus-lite only, once keep_local_index asks
         if self._client.has_collection(collection):
             self._client.load_collection(collection)
             self.index = recorded_index(self._client.describe_collection(collection).get("description")) or self.index
@@ -245,9 +244,10 @@ class MilvusStore(CollectionAdmin):
         return self._milvus_search(vectors, k, filter, output_fields)
 
     def keep_local_index(self, min_rows: int) -> None:
-        """Search through an in-process HNSW index of this collection's vectors once it holds
-        ``min_rows`` rows (milvus-lite only; built on a thread, milvus-lite answers until then;
-        :mod:`.local_index`). For a long-lived searcher: the Serve app's Searcher calls it."""
+        """Answer searches from an in-process copy of this collection's rows, searched through
+        HNSW, once it holds ``min_rows`` rows (milvus-lite only; built on a thread, milvus-lite
+        answers until then; :mod:`.local_index`). For a long-lived searcher: the Serve app's
+        Searcher calls it."""
         self._local.start(min_rows)
 
     @property

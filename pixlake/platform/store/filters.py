@@ -52,25 +52,24 @@ def literal(value: Any) -> str:
 
 
 class Filter(str):
-    """A built filter: the Milvus expression (it is the string), plus the same test on a row
-    read back in Python (:meth:`matches`, over :attr:`fields`). milvus-lite scans every row
-    for any predicate beside a primary-key lookup (a JSON key one took 6.5 s at 100k rows),
-    so the local index reads candidates by id and tests them here. A filter extended by
-    string concatenation is a plain ``str`` again, with no Python test."""
+    """A built filter: the Milvus expression (it is the string), plus the same test on a
+    stored row in Python (:meth:`matches`). milvus-lite scans every row for any predicate
+    beside a primary-key lookup (a JSON key one took 6.5 s at 100k rows), so the Searcher's
+    local copy of the rows tests its candidates here. A filter extended by string
+    concatenation is a plain ``str`` again, with no Python test."""
 
-    fields: tuple[str, ...]
     _tests: tuple[Callable[[Mapping[str, Any]], bool], ...]
 
-    def __new__(cls, expression: str, fields: tuple[str, ...] = (), tests: tuple = ()) -> "Filter":
+    def __new__(cls, expression: str, tests: tuple = ()) -> "Filter":
         built = super().__new__(cls, expression)
-        built.fields, built._tests = fields, tests
+        built._tests = tests
         return built
 
     def __reduce__(self):
         return str, (str(self),)  # pickled, it is the expression alone (its tests are closures)
 
     def matches(self, row: Mapping[str, Any]) -> bool:
-        """Whether ``row`` (holding :attr:`fields`) passes, as Milvus would decide it."""
+        """Whether a stored ``row`` passes, as Milvus would decide it."""
         return all(test(row) for test in self._tests)
 
 
@@ -109,14 +108,12 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
         ConfigError: a key is not a plain identifier or a value is not a scalar, or a bound
             (keys, values per key, string length) is exceeded.
     """
-    parts, fields, tests = [], set(), []
+    parts, tests = [], []
     if tenant is not None:
         parts.append(f"{R.TENANT} == {literal(tenant)}")
-        fields.add(R.TENANT)
         tests.append(_field_is(R.TENANT, tenant))
     if subject is not None:
         parts.append(f"{R.SUBJECT} == {literal(subject)}")
-        fields.add(R.SUBJECT)
         tests.append(_field_is(R.SUBJECT, subject))
     if meta and len(meta) > MAX_FILTER_KEYS:
         raise ConfigError(f"filter: {len(meta)} keys, at most {MAX_FILTER_KEYS}")
@@ -136,5 +133,4 @@ def build_filter(tenant: Optional[str] = None, meta: Optional[Mapping[str, Any]]
         else:
             parts.append(f"{field} == {literal(value)}")
             tests.append(_meta_is(key, (value,)))
-        fields.add(R.META)
-    return Filter(" and ".join(parts), tuple(sorted(fields)), tuple(tests))
+    return Filter(" and ".join(parts), tuple(tests))

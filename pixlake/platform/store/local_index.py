@@ -150,9 +150,9 @@ class LocalIndex:
         out before ``n`` passed while rows were left unproposed (ask the store itself)."""
         q = np.asarray(queries, np.float32).reshape(-1, self.dim)
         out: list[Optional[list]] = []
+        first = max(PROPOSE_MIN, PROPOSE_PER_HIT * n)
         with self._lock:
             for one in q:
-                first = max(PROPOSE_MIN, PROPOSE_PER_HIT * n)
                 for propose in (first, first * WIDEN):
                     hits = self._best(one, propose, n, accept)
                     if len(hits) >= n or propose >= self._index.ntotal:
