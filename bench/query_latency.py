@@ -205,6 +205,8 @@ def main(argv=None) -> dict:
 
     import ray
 
+    from pixlake.platform.ray_runtime import start_ray
+
     from pixlake.platform.encoder import load_encoder
     from pixlake.serve import run
     from pixlake.serve.auth import parse_api_keys
@@ -236,7 +238,7 @@ def main(argv=None) -> dict:
 
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
     http = {}
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    start_ray("local")
     try:
         url = run.start(serve, "127.0.0.1", free_port())
         if a.backend == "lite" and a.rows >= settings.store.local_index_min_rows:

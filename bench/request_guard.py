@@ -115,6 +115,8 @@ def main() -> None:
 
     import ray
 
+    from pixlake.platform.ray_runtime import start_ray
+
     from pixlake.platform.corpus import write_corpus
     from pixlake.platform.pipeline.job import run_embed_job
     from pixlake.platform.settings import load_settings
@@ -138,7 +140,7 @@ def main() -> None:
         os.environ.pop(PROXY_CALLBACK_ENV, None)
         if proxy_capped:
             os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        start_ray("local")
         try:
             if not proxy_capped:
                 run_embed_job(str(images[0].parent), settings)

@@ -158,6 +158,8 @@ def main() -> None:
 
     import ray
 
+    from pixlake.platform.ray_runtime import start_ray
+
     from pixlake.platform.corpus import MANIFEST, write_corpus
     from pixlake.platform.pipeline.job import run_embed_job
     from pixlake.platform.settings import load_settings
@@ -179,7 +181,7 @@ def main() -> None:
     # Serve's replicas reserve 0.7 CPU and each decode task of a job 1: on a 2-core machine the
     # job would wait for a CPU forever, so the soak offers Ray twice the cores (they are shared,
     # as they would be on an over-committed node).
-    ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    start_ray("local", num_cpus=2 * (os.cpu_count() or 1))
     paths = write_corpus(out / "served-corpus", args.served, seed=1, holdout=0.0)
     served = settings_for(out / "served.db", "images")
     run_embed_job(str(out / "served-corpus" / MANIFEST), served)

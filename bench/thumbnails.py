@@ -83,6 +83,8 @@ def in_process(repeat: int, work: Path) -> list[dict]:
 
 def over_http(n: int, model: str, pretrained: str, work: Path) -> dict:
     import ray
+
+    from pixlake.platform.ray_runtime import start_ray
     import requests
 
     from pixlake.platform.pipeline.job import run_embed_job
@@ -98,7 +100,7 @@ def over_http(n: int, model: str, pretrained: str, work: Path) -> dict:
     governance = {"beta": 0.05, "key_dir": str(work / "keys")}
     settings = load_settings(overrides={"store": {"db": str(work / "t.db"), "collection": "images"},
                                         "encoder": {"model": model, "pretrained": pretrained}, "governance": governance})
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    start_ray("local")
     run_embed_job(str(folder), settings)
     url = run.start(ServeSettings(db=str(work / "t.db"), collection="images", model=model, pretrained=pretrained,
                                   keys=parse_api_keys(f"{KEY}:default:search"), rate_per_s=1e6, rate_burst=10**6,

@@ -157,12 +157,14 @@ def ray_session():
     """One local Ray for the tests that run pipelines in-process (starting Ray costs seconds)."""
     import ray
 
+    from pixlake.platform.ray_runtime import start_ray
+
     os.environ.pop("RAY_ADDRESS", None)
     # the proxies of this Ray cap bodies at the served app's cap (read when Ray starts them);
     # subprocesses started later (`pixlake serve`) do not inherit it
     os.environ["PIXLAKE_MAX_BODY_BYTES"] = str(SERVED_MAX_BODY_BYTES)
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_ray("local", num_cpus=2)
     finally:
         os.environ.pop("PIXLAKE_MAX_BODY_BYTES")
     yield ray

@@ -8,9 +8,9 @@ import os
 log = logging.getLogger(__name__)
 
 # Ray's local start has been seen here to time out right after another Ray on this machine
-# shut down, waiting for its GCS port file (RuntimeError "Timed out waiting for file ...") or
-# for its raylet to register (Exception "The current node timed out during startup"); a
-# second start succeeds.
+# shut down, and on a freshly installed machine's first start (cold disk), waiting for its GCS
+# port file (RuntimeError "Timed out waiting for file ...", 30 s) or for its raylet to register
+# (Exception "The current node timed out during startup"); a second start succeeds.
 LOCAL_START_TRIES = 2
 
 
@@ -21,11 +21,19 @@ def init_ray() -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS")
-    tries = 1 if address else LOCAL_START_TRIES
+    start_ray(os.environ.get("RAY_ADDRESS"))
+
+
+def start_ray(address: str | None = None, **init_kwargs) -> None:
+    """``ray.init(address, ...)`` without the dashboard or driver logs; a local start
+    (``address`` None or ``"local"``) that times out is tried once more."""
+    import ray
+
+    local = address in (None, "local")
+    tries = LOCAL_START_TRIES if local else 1
     for attempt in range(1, tries + 1):
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **init_kwargs)
             return
         except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for the raylet timeout
             if "timed out" not in str(e).lower() or attempt == tries:
