@@ -1,7 +1,10 @@
 """Compose the stages into one Ray Data pipeline and run it.
 
-read → load → skip (deny-list, already embedded) → decode (CPU tasks) → embed (actor pool)
-→ protect (encrypt, seal) → write (datasink; deny-list again) → report
+read → load → skip (deny-list, already embedded, repeats) → decode (CPU tasks) → embed
+(actor pool) → protect (encrypt, seal) → write (datasink; deny-list again) → report
+
+The store is reached through one owner actor on milvus-lite and from the tasks themselves on
+a Milvus server (:mod:`.job_store`), where claims (:mod:`.claims`) give each id one writer.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift, withheld
 from pixlake.platform.encoder import check_model, load_encoder
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.governance.service import prepare as prepare_governance
+from pixlake.platform.pipeline.claims import start_claims
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
+from pixlake.platform.pipeline.job_store import TaskStore, start_job_store, writes_in_tasks
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
@@ -30,7 +35,7 @@ from pixlake.platform.sources.items import ResolvedSource, read_items, resolve_s
 from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
-from pixlake.platform.pipeline.store_actor import start_governance_actor, start_stats_actor, start_store_actor
+from pixlake.platform.pipeline.store_actor import start_governance_actor, start_stats_actor
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
@@ -78,7 +83,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         init_ray()
         governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
         try:
-            store = start_store_actor(settings.store)
+            store = start_job_store(settings.store)
         except BaseException:
             governance.shutdown()
             raise
@@ -90,7 +95,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
             raise
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
     del encoder, loading  # the driver needs only these; the actors load their own copy
-    stats = None
+    stats = claims = None
     try:
         dataset = read_items(resolved)
         gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -99,12 +104,15 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
         stats = start_stats_actor(dim)
+        # the handle the stages carry: a server's tasks report their retries to the run's metrics
+        stage_store = store.with_metrics(stats) if isinstance(store, TaskStore) else store
+        claims = start_claims(cpus) if writes_in_tasks(settings.store) else None
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,
                                                      settings.job.allow_manifest_tenants),
                                            stats), batch_format="pyarrow", batch_size=STAGE_BATCH)
-            .map_batches(timed("skip", SkipExisting(store, fingerprint, governance), stats), batch_format="pyarrow",
+            .map_batches(timed("skip", SkipExisting(stage_store, fingerprint, governance, claims), stats), batch_format="pyarrow",
                          batch_size=STAGE_BATCH)
             .map_batches(timed("decode", DecodeImages(preprocess, settings.job.decode,
                                                            device_jpeg=decode != DECODE_CPU_TASKS), stats),
@@ -132,7 +140,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
             .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
                          batch_size=settings.job.batch_size)
         )
-        sink = MilvusDatasink(store, fingerprint, settings.job.max_rejections_listed, governance, stats,
+        sink = MilvusDatasink(stage_store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)
         try:
             with reporting_progress(stats, lambda: known_total(resolved), progress):
@@ -144,9 +152,11 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
             raise cause from e
         store.flush()  # the report's counts are durable: a kill after success loses nothing
         count = store.count()
-        store_retries = store.retry_count()
         run_metrics: RunMetrics = stats.get()
+        store_retries = store.retry_count() + run_metrics.store_retries
     finally:
+        if claims is not None:
+            claims.shutdown()
         if stats is not None:
             stats.shutdown()
         store.shutdown()

@@ -31,11 +31,17 @@ class RunMetrics:
         embedding: the run's :class:`~pixlake.platform.drift.EmbeddingStats`.
         stages: stage -> {"buckets": counts per :data:`STAGE_BUCKETS` bound (+Inf last),
             "sum": seconds, "count": batches, "rows": rows}.
+        store_retries: store calls the tasks retried while a Milvus server was away.
     """
 
     def __init__(self, dim: int):
         self.embedding = EmbeddingStats(dim)
         self.stages: dict[str, dict] = {}
+        self.store_retries = 0
+
+    def count_store_retries(self, n: int) -> None:
+        """Add ``n`` store calls a task retried (told only when there were some)."""
+        self.store_retries += n
 
     def add(self, embedding: EmbeddingStats) -> None:
         """Merge one batch's embedding statistics."""

@@ -38,10 +38,11 @@ def to_record(row: dict, model: str) -> dict:
 
 
 class MilvusDatasink(Datasink):
-    """Idempotent writes through the store actor; totals land in :attr:`totals` on the driver.
+    """Idempotent writes (through the store actor on milvus-lite, from the write tasks
+    themselves on a server); totals land in :attr:`totals` on the driver.
 
     Args:
-        store: a :class:`~pixlake.platform.pipeline.store_actor.StoreProxy`.
+        store: the job's store handle (:func:`~pixlake.platform.pipeline.job_store.start_job_store`).
         model: encoder fingerprint written into every row.
         max_rejections_listed: rejections kept one by one (counts stay exact).
         governance: the governance actor proxy (deny-list).

@@ -194,8 +194,9 @@ class MilvusStore(CollectionAdmin):
         """Write the rows whose id is not yet stored for ``model``; returns how many were new.
 
         Repeats (same id twice in ``rows``, or already stored) are not written again, so
-        callers can count exactly what a run added. Check and write happen in one call:
-        a job routes all writes through one store actor, which makes the pair atomic.
+        callers can count exactly what a run added. Check and write are two calls: a job
+        makes the pair atomic by writing through one store actor (milvus-lite) or by giving
+        each id one writer (a server; :mod:`pixlake.platform.pipeline.claims`).
         """
         unique = {r[R.ID]: r for r in rows}
         existing = self.existing_ids(unique, model)
