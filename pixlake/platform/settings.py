@@ -142,6 +142,11 @@ class JobSettings(BaseModel):
         10_000, ge=0, description="rejections listed one by one in the report; the count is always exact"
     )
     decode: DecodeLimits = Field(default_factory=DecodeLimits, description="safe-decode caps")
+    store_actor: bool = Field(
+        False,
+        description="on a Milvus server, look up and write rows through one store actor (as milvus-lite must) instead "
+        "of from every task: one client connection to Milvus, at the cost of a per-row bottleneck",
+    )
     gpu_decode: bool = Field(
         False,
         description="decode JPEGs on the encoder's GPU (nvJPEG) instead of CPU tasks; other formats and JPEGs the "

@@ -83,7 +83,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         init_ray()
         governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
         try:
-            store = start_job_store(settings.store)
+            store = start_job_store(settings)
         except BaseException:
             governance.shutdown()
             raise
@@ -106,7 +106,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         stats = start_stats_actor(dim)
         # the handle the stages carry: a server's tasks report their retries to the run's metrics
         stage_store = store.with_metrics(stats) if isinstance(store, TaskStore) else store
-        claims = start_claims(cpus) if writes_in_tasks(settings.store) else None
+        claims = start_claims(cpus) if writes_in_tasks(settings) else None
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,

@@ -21,9 +21,10 @@ from pixlake.platform.store import LITE, MilvusStore, backend_of
 _open: dict[str, MilvusStore] = {}  # this process's clients, by the settings they were opened with
 
 
-def writes_in_tasks(store_settings: Any) -> bool:
-    """Whether the job's tasks look up and write rows themselves (a server) or through the store actor (milvus-lite)."""
-    return backend_of(store_settings.db) != LITE
+def writes_in_tasks(settings: Any) -> bool:
+    """Whether the job's tasks look up and write rows themselves (a server, unless
+    ``job.store_actor``) or through the store actor (milvus-lite)."""
+    return backend_of(settings.store.db) != LITE and not settings.job.store_actor
 
 
 class TaskStore:
@@ -71,16 +72,17 @@ class TaskStore:
             store.close()
 
 
-def start_job_store(store_settings: Any):
-    """The job's store handle: the owner actor on milvus-lite, a :class:`TaskStore` on a server.
+def start_job_store(settings: Any):
+    """The job's store handle: the owner actor on milvus-lite (or with ``job.store_actor``),
+    a :class:`TaskStore` on a server.
 
     Raises:
         StoreError: the store cannot be opened.
     """
     from pixlake.platform.pipeline.store_actor import start_store_actor
 
-    if not writes_in_tasks(store_settings):
-        return start_store_actor(store_settings)
-    store = TaskStore(store_settings)
+    if not writes_in_tasks(settings):
+        return start_store_actor(settings.store)
+    store = TaskStore(settings.store)
     store.exists()  # opens the driver's client now: an unreachable server fails before the job starts
     return store
