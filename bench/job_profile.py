@@ -2,19 +2,23 @@
 
 `bench/scale.py` found the job's marginal cost (~2 ms of wall time per image on 2 cores) far
 above the sum of its stages timed alone (~0.5 ms). This runs the real job (pixlake-tiny,
-milvus-lite, encrypted) at two sizes and samples every process's CPU time every 0.2 s,
+encrypted; milvus-lite, or with ``--backend server`` the embedded Milvus server, once through
+one store actor and once writing from the tasks) at two sizes and samples every process's CPU time every 0.2 s,
 booked to what the process was doing: Ray names a worker's process after the task or actor
 method it runs (``ray::MapBatches(LoadItems)->...``), and the driver, raylet, GCS and the
 milvus-lite server are processes of their own. The difference between the two sizes, per
 extra image, is the per-image cost of each; busy cores against wall time says whether the
-job is short of CPU or waiting.
+job is short of CPU or waiting. The busiest process a job has only one of (an owner actor,
+or a claim shard's share) bounds the rows per second one job can write, however many
+workers it gets: the "write ceiling".
 
-Run: ``python bench/job_profile.py [--sizes 2000,10000]`` (~2 min on 2 cores).
+Run: ``python bench/job_profile.py [--sizes 2000,10000] [--backend lite|server]`` (~2 min on 2 cores).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -96,7 +100,12 @@ class CpuSampler(threading.Thread):
         self.join()
 
 
-def profile(n: int, work: Path, manifest) -> tuple[float, float, dict[str, float]]:
+# Processes a job has exactly one of, whatever the cluster's size: the per-row path's
+# bottlenecks (the claim shards are several: their label's cost is divided among them).
+SINGLETONS = ("StoreOwner", "GovernanceOwner", "StatsOwner", "ClaimShard")
+
+
+def profile(n: int, work: Path, manifest, db: str, store_actor: bool) -> tuple[float, float, dict[str, float]]:
     """Run the job on the first ``n`` images: (wall s, busy core-s machine-wide, core-s per label)."""
     import pyarrow.parquet as pq
 
@@ -104,9 +113,13 @@ def profile(n: int, work: Path, manifest) -> tuple[float, float, dict[str, float
     from pixlake.platform.settings import load_settings
 
     pq.write_table(manifest.slice(0, n), work / "c" / f"m{n}.parquet")  # paths are relative to the manifest
-    settings = load_settings(overrides={"store": {"db": str(work / f"j{n}.db")},
-                                        "encoder": {"model": "pixlake-tiny", "pretrained": "none"},
-                                        "governance": {"key_dir": str(work / "keys")}})
+    lite = db.endswith(".db")
+    settings = load_settings(overrides={
+        "store": {"db": str(work / f"j{n}.db") if lite else db,
+                  "collection": f"p{n}_{'actor' if store_actor else 'tasks'}_{os.getpid()}"},
+        "encoder": {"model": "pixlake-tiny", "pretrained": "none"},
+        "job": {"store_actor": store_actor},
+        "governance": {"key_dir": str(work / "keys")}})
     sampler = CpuSampler()
     sampler.start()
     started = time.perf_counter()
@@ -117,38 +130,83 @@ def profile(n: int, work: Path, manifest) -> tuple[float, float, dict[str, float
     return wall, sampler.busy, dict(sampler.seconds)
 
 
+def per_image(runs: dict, small: int, large: int, shards: int) -> tuple[dict[str, float], float, float]:
+    """(core-ms per extra image by label, wall ms per extra image, busy core-ms per extra image)."""
+    (w0, b0, s0), (w1, b1, s1) = runs[small], runs[large]
+    extra = large - small
+    costs = {label: 1000 * (s1.get(label, 0) - s0.get(label, 0)) / extra for label in set(s0) | set(s1)}
+    return costs, 1000 * (w1 - w0) / extra, 1000 * (b1 - b0) / extra
+
+
+def bottleneck(costs: dict[str, float], shards: int) -> tuple[str, float]:
+    """The busiest single process of the per-row path: (its class, core-ms per image), its
+    labels summed (an actor's process is titled by the method it runs, or by its class when idle)."""
+    single = {name: sum(cost for label, cost in costs.items() if f"::{name}" in label) / (shards if name == "ClaimShard" else 1)
+              for name in SINGLETONS}
+    return max(single.items(), key=lambda kv: kv[1])
+
+
 def main() -> None:
     import pyarrow.parquet as pq
     import ray
 
+    from embedded_milvus import milvus_uri
     from pixlake.platform.corpus import MANIFEST, write_corpus
+    from pixlake.platform.governance.keys import load_master_key
+    from pixlake.platform.pipeline.claims import CPUS_PER_SHARD, MIN_SHARDS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2000,10000", help="two corpus sizes; the difference is the per-image cost")
+    parser.add_argument("--backend", choices=("lite", "server"), default="lite",
+                        help="milvus-lite (one store actor), or the embedded Milvus server, where the job runs "
+                             "twice: through one store actor (job.store_actor, as before) and from its tasks")
+    parser.add_argument("--uri", help="a running Milvus server instead of starting the embedded one")
     args = parser.parse_args()
     small, large = (int(x) for x in args.sizes.split(","))
     work = Path(tempfile.mkdtemp(prefix="pixlake-profile-"))
     os.environ.pop("RAY_ADDRESS", None)
+    load_master_key(work / "keys", create=True)  # a server deployment never creates one itself
     write_corpus(work / "c", large, seed=3, holdout=1.0)
     manifest = pq.read_table(work / "c" / MANIFEST)
-    runs = {}
-    for n in (small, large):
-        ray.shutdown()  # each run starts its own Ray, as a job does
-        runs[n] = profile(n, work, manifest)
-        wall, busy, _ = runs[n]
-        print(f"{n:>6} images: {wall:6.1f} s wall, {busy:6.1f} core-s busy on {os.cpu_count()} cores "
-              f"({100 * busy / wall / os.cpu_count():.0f}% utilised)", flush=True)
-    (w0, b0, s0), (w1, b1, s1) = runs[small], runs[large]
-    extra = large - small
-    print(f"\nper extra image: {1000 * (w1 - w0) / extra:.2f} ms wall, {1000 * (b1 - b0) / extra:.2f} core-ms busy")
-    print("| process (what it ran) | core-ms per extra image | share |")
-    print("|---|---:|---:|")
-    labels = sorted(set(s0) | set(s1), key=lambda k: -(s1.get(k, 0) - s0.get(k, 0)))
-    total = sum(s1.values()) - sum(s0.values())
+    shards = max(MIN_SHARDS, (os.cpu_count() or 1) // CPUS_PER_SHARD)
+    paths = [True] if args.backend == "lite" else [True, False]  # store_actor
+    with milvus_uri(args.uri if args.backend == "server" else None, work / "milvus", {}) if args.backend == "server" \
+            else _lite(work) as (db, _):
+        results = {}
+        for store_actor in paths:
+            name = "store actor" if store_actor else "tasks write"
+            runs = {}
+            for n in (small, large):
+                ray.shutdown()  # each run starts its own Ray, as a job does
+                runs[n] = profile(n, work, manifest, db, store_actor)
+                wall, busy, _ = runs[n]
+                print(f"[{args.backend}, {name}] {n:>6} images: {wall:6.1f} s wall, {busy:6.1f} core-s busy on "
+                      f"{os.cpu_count()} cores ({100 * busy / wall / os.cpu_count():.0f}% utilised)", flush=True)
+            results[name] = per_image(runs, small, large, shards) + (runs[large][0],)
+    ray.shutdown()
+    names = list(results)
+    print(f"\nper extra image ({small} -> {large}), {args.backend}:")
+    print("| process (what it ran) | " + " | ".join(f"{n}: core-ms" for n in names) + " |")
+    print("|---|" + "---:|" * len(names))
+    labels = sorted({label for r in results.values() for label in r[0]}, key=lambda k: -max(r[0].get(k, 0) for r in results.values()))
     for label in labels:
-        d = s1.get(label, 0) - s0.get(label, 0)
-        if abs(d) * 1000 / extra >= 0.01:
-            print(f"| {label} | {1000 * d / extra:.2f} | {100 * d / total:.0f}% |")
+        if max(abs(r[0].get(label, 0)) for r in results.values()) >= 0.01:
+            print(f"| {label} | " + " | ".join(f"{results[n][0].get(label, 0):.3f}" for n in names) + " |")
+    for n in names:
+        costs, wall_ms, busy_ms = results[n][:3]
+        label, cost = bottleneck(costs, shards)
+        ceiling = 1000 / cost if cost > 0 else float("inf")
+        print(f"[{n}] per extra image: {wall_ms:.2f} ms wall, {busy_ms:.2f} core-ms busy; {large} images in "
+              f"{results[n][3]:.1f} s; busiest single process of the per-row path: {label} {cost:.3f} core-ms "
+              f"-> write ceiling {ceiling:,.0f} rows/s")
+    if len(names) == 2:
+        before, after = (bottleneck(results[n][0], shards)[1] for n in names)
+        print(f"ceiling ratio tasks / store actor: {before / after if after > 0 else float('inf'):.1f}x")
+
+
+@contextlib.contextmanager
+def _lite(work: Path):
+    yield str(work / "lite.db"), None
 
 
 if __name__ == "__main__":
