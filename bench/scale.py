@@ -39,15 +39,17 @@ indexes). The server is stopped on exit, SIGINT, SIGTERM and SIGHUP, and dies wi
 process even on SIGKILL (PR_SET_PDEATHSIG).
 
 Part 2 (``--images 1000,10000,100000``): the embed job's wall time at each size (tiny
-model, milvus-lite), a least-squares fit t = a + b·n, and the share of per-image CPU time
+model, milvus-lite; with ``--job-backend server`` the Milvus server, once through one store
+actor and once writing from the tasks), a least-squares fit t = a + b·n, and the share of per-image CPU time
 in read / decode / embed / protect / write, each stage timed alone in this process.
 
-Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [--plan-sample 20000] [--images 1000,10000,100000] [--skip-index] [--skip-job] [--uri URI]``
+Usage: ``python bench/scale.py [--vectors 1000000] [--data lowrank|isotropic] [--plan-sample 20000] [--images 1000,10000,100000] [--skip-index] [--skip-job] [--job-backend lite|server] [--uri URI]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -255,30 +257,42 @@ def index_part(n: int, queries_n: int, qps_seconds: float, data: str, plan_sampl
 # --- part 2: the embed job ---------------------------------------------------------------------
 
 
-def job_part(sizes: list[int]) -> None:
+def job_part(sizes: list[int], backend: str = "lite", uri: Optional[str] = None) -> None:
     from pixlake.platform.corpus import MANIFEST, write_corpus
+    from pixlake.platform.governance.keys import load_master_key
     from pixlake.platform.pipeline.job import run_embed_job
     from pixlake.platform.settings import load_settings
 
     work = Path(tempfile.mkdtemp(prefix="pixlake-scale-job-"))
     os.environ.pop("RAY_ADDRESS", None)
-    print(f"\n== embed job wall time (pixlake-tiny, milvus-lite, encrypted), sizes {sizes}")
+    where = "milvus-lite" if backend == "lite" else "the Milvus server, through one store actor and from the tasks"
+    print(f"\n== embed job wall time (pixlake-tiny, {where}, encrypted), sizes {sizes}")
+    load_master_key(work / "keys", create=True)  # a server deployment never creates one itself
     write_corpus(work / "c", max(sizes), seed=3, holdout=1.0)
     import pyarrow.parquet as pq
 
     manifest = pq.read_table(work / "c" / MANIFEST)
-    times = []
     for n in sizes:
         pq.write_table(manifest.slice(0, n), work / "c" / f"m{n}.parquet")
-        settings = load_settings(overrides={"store": {"db": str(work / f"j{n}.db")},
-                                            "encoder": {"model": "pixlake-tiny", "pretrained": "none"},
-                                            "governance": {"key_dir": str(work / "keys")}})
-        report = run_embed_job(str(work / "c" / f"m{n}.parquet"), settings)
-        times.append(report.seconds)
-        print(f"{n:>8} images  {report.seconds:8.1f} s  {report.images_per_s:7.1f} images/s")
-    if len(sizes) >= 2:
-        b, a = np.polyfit(np.array(sizes, float), np.array(times), 1)
-        print(f"fit: t = {a:.1f} s + {b * 1000:.2f} ms x n  (100M images on this machine: {(a + b * 1e8) / 3600:.0f} h)")
+    server = milvus_uri(uri, work / "milvus", {}) if backend == "server" else contextlib.nullcontext((None, None))
+    with server as (server_uri, _):
+        for store_actor in ([True] if backend == "lite" else [True, False]):
+            path = "store actor" if store_actor else "tasks write"
+            times = []
+            for n in sizes:
+                db = str(work / f"j{n}.db") if backend == "lite" else server_uri
+                settings = load_settings(overrides={
+                    "store": {"db": db, "collection": f"job{n}_{'actor' if store_actor else 'tasks'}"},
+                    "encoder": {"model": "pixlake-tiny", "pretrained": "none"},
+                    "job": {"store_actor": store_actor},
+                    "governance": {"key_dir": str(work / "keys")}})
+                report = run_embed_job(str(work / "c" / f"m{n}.parquet"), settings)
+                times.append(report.seconds)
+                print(f"[{path}] {n:>8} images  {report.seconds:8.1f} s  {report.images_per_s:7.1f} images/s", flush=True)
+            if len(sizes) >= 2:
+                b, a = np.polyfit(np.array(sizes, float), np.array(times), 1)
+                print(f"[{path}] fit: t = {a:.1f} s + {b * 1000:.2f} ms x n  "
+                      f"(100M images on this machine: {(a + b * 1e8) / 3600:.0f} h)", flush=True)
     stage_shares(work / "c", manifest.slice(0, 512).to_pylist())
 
 
@@ -337,6 +351,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--images", default="1000,10000,100000")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--job-backend", choices=("lite", "server"), default="lite",
+                        help="the job's store: milvus-lite, or the Milvus server (the job then runs through one "
+                             "store actor and from its tasks, side by side)")
     parser.add_argument("--uri", help="a running Milvus server instead of starting the embedded one (its segment "
                                       "settings are its own, and its memory is not reported)")
     args = parser.parse_args(argv)
@@ -344,7 +361,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         index_part(args.vectors, args.queries, args.qps_seconds, args.data, args.plan_sample, args.batch, args.build_timeout,
                    args.alpha, args.spread, args.uri)
     if not args.skip_job:
-        job_part([int(x) for x in args.images.split(",")])
+        job_part([int(x) for x in args.images.split(",")], args.job_backend, args.uri)
 
 
 if __name__ == "__main__":

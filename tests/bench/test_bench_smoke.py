@@ -104,6 +104,13 @@ def test_scale_job(capsys, ray_session):
     assert all(f" {stage} " in out for stage in ("read", "decode", "embed", "protect", "write"))
 
 
+def test_scale_job_on_a_server_both_paths(capsys, ray_session, milvus_server):
+    bench("scale").job_part([16, 32], "server", milvus_server)
+    out = capsys.readouterr().out
+    for path in ("store actor", "tasks write"):
+        floats(rf"\[{path}\] fit: t = ([\d.-]+) s \+ ([\d.-]+) ms x n", out)
+
+
 def test_search_consistency(capsys, milvus_server):
     bench("search_consistency").main(["--rows", "200", "--queries", "5", "--threads", "2", "--uri", milvus_server])
     out = capsys.readouterr().out
