@@ -56,7 +56,7 @@ def test_ids_spread_over_every_shard_and_always_land_on_the_same_one():
 
 
 class _NoStore:
-    def existing_ids(self, ids, model):
+    def existing_ids(self, ids, model, consistency="Strong"):
         return set()
 
 

@@ -154,6 +154,12 @@ class Governance:
         allowed = sorted(set(pseudonyms) - self.denied(tenant, pseudonyms))
         return self.keys.data_keys(tenant, allowed, create=create) if allowed else {}
 
+    def protection(self, tenant: str, pseudonyms: Sequence[str]) -> tuple[TenantCrypto, dict[str, tuple[str, bytes]]]:
+        """What the protect stage needs for one batch of a tenant, in one call: the tenant's
+        crypto handle at its current key version (no identity key) and the subjects' data
+        keys (:meth:`data_keys`: none for denied or shredded subjects)."""
+        return self.tenant_crypto(tenant, identity=False), self.data_keys(tenant, pseudonyms)
+
     # --- vectors and sources -----------------------------------------------------------------
 
     def cipher(self, tenant: str, dim: int, version: Optional[int] = None,

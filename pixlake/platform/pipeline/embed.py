@@ -78,6 +78,7 @@ class EmbedImages:
         if jpegs:
             pixels.update(self._decode_jpegs(rows, jpegs))
         todo = sorted(pixels)
+        batch_stats = None
         vectors = np.zeros((len(rows), self.encoder.dim), np.float32)
         if todo:
             # No JPEG rows: the host batch is already the whole batch, in order; no second copy.
@@ -87,14 +88,13 @@ class EmbedImages:
             for i in np.asarray(todo)[~finite]:
                 rejected(rows[i], NON_FINITE)
             vectors[todo] = np.where(finite[:, None], embedded, 0.0)
-            if self.stats is not None:
-                self.stats.add(EmbeddingStats.of(embedded[finite], norms[finite], int((~finite).sum())))
+            batch_stats = EmbeddingStats.of(embedded[finite], norms[finite], int((~finite).sum()))
         for r, v in zip(rows, vectors):
             r.pop("pixels"), r.pop("jpeg", None)
             r["vector"] = v
         out = table(rows, [("vector", pa.list_(pa.float32(), self.encoder.dim))])
         if self.stats is not None:
-            self.stats.observe_stage("embed", time.perf_counter() - started, len(rows))
+            self.stats.observe_stage("embed", time.perf_counter() - started, len(rows), batch_stats)
         return out
 
     def _decode_jpegs(self, rows: list[dict], todo: list[int]) -> dict[int, object]:

@@ -137,8 +137,10 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
                 # actor, so decode tasks overlap the forward pass as on a GPU cluster.
                 num_cpus=1 if gpus else 0.5,
             )
+            # One write batch per protect call: the governance actor is asked once per write batch
+            # and tenant, not once per encoder batch.
             .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
-                         batch_size=settings.job.batch_size)
+                         batch_size=settings.job.write_batch_rows)
         )
         sink = MilvusDatasink(stage_store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)

@@ -1,8 +1,8 @@
 """Protect stage: encrypt each vector (searchable, scale-and-perturb) and seal each source
 and sensitive metadata under the subject's data key (docs/architecture.md "Governance").
 
-Per batch and tenant, the governance actor hands out the tenant's crypto handle (the
-current key version) and the subjects' data keys; the encryption itself runs here, spread
+Per batch and tenant, one call to the governance actor hands out the tenant's crypto handle
+(the current key version) and the subjects' data keys; the encryption itself runs here, spread
 over the cluster's tasks, through the same derivation re-keying uses. A subject erased
 since the read-time check gets no key, and its rows stop here.
 """
@@ -34,14 +34,13 @@ class ProtectRows:
         self.encryption = governance.settings_json()["encryption"]
         self._crypto: dict[str, TenantCrypto] = {}
 
-    def _handle(self, tenant: str) -> TenantCrypto:
-        # The current version is asked for every batch (one actor call), not once per task:
-        # after a rotation (pixlake rekey) the next batch already writes under the new key.
-        # The handle of an unchanged version is kept, with the ciphers it has built.
-        crypto = self.governance.tenant_crypto(tenant, identity=False)
-        if tenant not in self._crypto or self._crypto[tenant].version != crypto.version:
-            self._crypto[tenant] = crypto
-        return self._crypto[tenant]
+    def _handle(self, crypto: TenantCrypto) -> TenantCrypto:
+        # The current version comes with every batch's keys (one actor call), not once per
+        # task: after a rotation (pixlake rekey) the next batch already writes under the new
+        # key. The handle of an unchanged version is kept, with the ciphers it has built.
+        if crypto.tenant not in self._crypto or self._crypto[crypto.tenant].version != crypto.version:
+            self._crypto[crypto.tenant] = crypto
+        return self._crypto[crypto.tenant]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -57,12 +56,12 @@ class ProtectRows:
         return table(rows, [("vector", pa.list_(pa.float32(), self.dim)), ("nonce", pa.string()), ("key_id", pa.string())])
 
     def _protect(self, tenant: str, group: list[dict]) -> None:
-        keys = self.governance.data_keys(tenant, sorted({r["subject"] for r in group}))
+        crypto, keys = self.governance.protection(tenant, sorted({r["subject"] for r in group}))
+        crypto = self._handle(crypto)
         for r in group:
             if r["subject"] not in keys:
                 r["status"], r["reason"] = SKIPPED, ERASED
         group = [r for r in group if r["status"] == OK]
-        crypto = self._handle(tenant)
         records = [{**r, "meta": json.loads(r["meta"] or "{}")} for r in group]
         for r, p in zip(group, crypto.protect(records, keys)):
             r.update(vector=np.asarray(p["vector"], np.float32), source=p["source"], meta=json.dumps(p["meta"]),

@@ -43,12 +43,11 @@ class RunMetrics:
         """Add ``n`` store calls a task retried (told only when there were some)."""
         self.store_retries += n
 
-    def add(self, embedding: EmbeddingStats) -> None:
-        """Merge one batch's embedding statistics."""
-        self.embedding.add(embedding)
-
-    def observe_stage(self, stage: str, seconds: float, rows: int) -> None:
-        """Record one batch of ``rows`` that took ``seconds`` in ``stage``."""
+    def observe_stage(self, stage: str, seconds: float, rows: int, embedding: Optional[EmbeddingStats] = None) -> None:
+        """Record one batch of ``rows`` that took ``seconds`` in ``stage`` (and, from the embed
+        stage, the batch's embedding statistics: one actor call per batch, not two)."""
+        if embedding is not None:
+            self.embedding.add(embedding)
         s = self.stages.setdefault(stage, {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0, "rows": 0})
         s["buckets"][next((i for i, b in enumerate(STAGE_BUCKETS) if seconds <= b), len(STAGE_BUCKETS))] += 1
         s["sum"] += seconds
