@@ -40,6 +40,10 @@ def test_folder_job_embeds_everything_an_image_finds_itself_and_a_rerun_embeds_n
     assert REPORT_KEYS <= saved.keys()
     assert saved["embedded"] == 48 and saved["model"] == tiny_encoder.fingerprint
     assert saved["collection_count"] == 48
+    # where the fixed cost before the first batch went, in order, within the run
+    phases = saved["startup"]
+    assert list(phases) == ["ray", "owners", "encoder", "pipeline", "first_embedded"], phases
+    assert list(phases.values()) == sorted(phases.values()) and phases["first_embedded"] <= report.seconds
 
     collection = _collection(db, tiny_encoder.fingerprint)
     try:

@@ -69,8 +69,13 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
     """
     import ray.data
 
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    startup: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        startup[phase] = round(time.monotonic() - started, 2)
+
     # Check the store location, the source and the model name before starting Ray: a bad
     # flag fails in a second. The model is loaded (the driver needs its fingerprint and
     # preprocessing) while Ray and the store actor start: both take seconds.
@@ -81,18 +86,21 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
         init_ray()
+        mark("ray")
         governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
         try:
             store = start_job_store(settings)
         except BaseException:
             governance.shutdown()
             raise
+        mark("owners")
         try:
             encoder = loading.result()
         except BaseException:
             store.shutdown()
             governance.shutdown()
             raise
+        mark("encoder")
     fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
     del encoder, loading  # the driver needs only these; the actors load their own copy
     stats = claims = None
@@ -144,6 +152,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         )
         sink = MilvusDatasink(stage_store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)
+        mark("pipeline")
         try:
             with reporting_progress(stats, lambda: known_total(resolved), progress):
                 pipeline.write_datasink(sink)
@@ -188,6 +197,8 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         decode=decode,
         protection=protection(settings),
         store_retries=store_retries,
+        startup={**startup, **({"first_embedded": round(run_metrics.first_done["embed"] - started_wall, 2)}
+                               if "embed" in run_metrics.first_done else {})},
     )
     record_drift(report, run_metrics.embedding, StatsHistory(key_dir), settings.governance.drift_min_rows)
     if settings.job.report is not None:

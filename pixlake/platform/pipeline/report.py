@@ -35,6 +35,9 @@ class JobReport:
     decode: str = ""
     protection: str = ""
     store_retries: int = 0  # store calls retried while a Milvus server was down or restarting
+    # seconds from the job's start: "ray" (Ray up), "owners" (its actors up), "encoder" (the
+    # driver's copy loaded), "pipeline" (Ray Data starts), "first_embedded" (a first batch embedded)
+    startup: dict = field(default_factory=dict)
     embedding_stats: dict = field(default_factory=dict)  # drift.EmbeddingStats.summary() of this run
     drift: Optional[dict] = None  # {"previous_run", "score", "mean_cosine", "norm_shift"}, None on a first run
 
@@ -70,7 +73,9 @@ class JobReport:
             lines.append(f"  embeddings  raw norm {e['norm_mean']:.3f} ± {e['norm_std']:.3f}; {against}")
         if self.store_retries:
             lines.append(f"  store       {self.store_retries} calls retried while Milvus was unavailable")
-        lines.append(f"  time        {self.seconds:.1f} s, {self.images_per_s:.1f} images/s")
+        first = self.startup.get("first_embedded")
+        lines.append(f"  time        {self.seconds:.1f} s, {self.images_per_s:.1f} images/s"
+                     + (f" (first batch embedded after {first:.1f} s)" if first is not None else ""))
         if self.collection_count is not None:
             lines.append(f"  collection  {self.collection_count} rows")
         return "\n".join(lines)

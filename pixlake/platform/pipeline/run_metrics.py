@@ -32,12 +32,14 @@ class RunMetrics:
         stages: stage -> {"buckets": counts per :data:`STAGE_BUCKETS` bound (+Inf last),
             "sum": seconds, "count": batches, "rows": rows}.
         store_retries: store calls the tasks retried while a Milvus server was away.
+        first_done: stage -> wall-clock time (``time.time()``) its first batch was reported.
     """
 
     def __init__(self, dim: int):
         self.embedding = EmbeddingStats(dim)
         self.stages: dict[str, dict] = {}
         self.store_retries = 0
+        self.first_done: dict[str, float] = {}
 
     def count_store_retries(self, n: int) -> None:
         """Add ``n`` store calls a task retried (told only when there were some)."""
@@ -46,6 +48,7 @@ class RunMetrics:
     def observe_stage(self, stage: str, seconds: float, rows: int, embedding: Optional[EmbeddingStats] = None) -> None:
         """Record one batch of ``rows`` that took ``seconds`` in ``stage`` (and, from the embed
         stage, the batch's embedding statistics: one actor call per batch, not two)."""
+        self.first_done.setdefault(stage, time.time())
         if embedding is not None:
             self.embedding.add(embedding)
         s = self.stages.setdefault(stage, {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0, "rows": 0})
