@@ -142,6 +142,16 @@ class JobSettings(BaseModel):
         10_000, ge=0, description="rejections listed one by one in the report; the count is always exact"
     )
     decode: DecodeLimits = Field(default_factory=DecodeLimits, description="safe-decode caps")
+    task_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources every CPU task of the job asks for (read, load, skip, decode, protect, "
+        "write): the tasks run only on nodes that offer them, e.g. a CPU decode group",
+    )
+    encoder_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources each encoder actor asks for, beside its GPU: the actors run only on nodes "
+        "that offer them",
+    )
     store_actor: bool = Field(
         False,
         description="on a Milvus server, look up and write rows through one store actor (as milvus-lite must) instead "

@@ -105,7 +105,8 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
     del encoder, loading  # the driver needs only these; the actors load their own copy
     stats = claims = None
     try:
-        dataset = read_items(resolved)
+        tasks = {"resources": settings.job.task_resources} if settings.job.task_resources else {}
+        dataset = read_items(resolved, tasks)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = settings.job.concurrency or max(gpus, 1)
         index = store.ensure_collection(dim, fingerprint)
@@ -119,12 +120,12 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,
                                                      settings.job.allow_manifest_tenants),
-                                           stats), batch_format="pyarrow", batch_size=STAGE_BATCH)
+                                           stats), batch_format="pyarrow", batch_size=STAGE_BATCH, **tasks)
             .map_batches(timed("skip", SkipExisting(stage_store, fingerprint, governance, claims), stats), batch_format="pyarrow",
-                         batch_size=STAGE_BATCH)
+                         batch_size=STAGE_BATCH, **tasks)
             .map_batches(timed("decode", DecodeImages(preprocess, settings.job.decode,
                                                            device_jpeg=decode != DECODE_CPU_TASKS), stats),
-                         batch_format="pyarrow", batch_size=STAGE_BATCH)
+                         batch_format="pyarrow", batch_size=STAGE_BATCH, **tasks)
             .map_batches(
                 EmbedImages,
                 fn_constructor_kwargs={
@@ -144,18 +145,19 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
                 # reservation; a fractional one also keeps Ray from fusing decode into the
                 # actor, so decode tasks overlap the forward pass as on a GPU cluster.
                 num_cpus=1 if gpus else 0.5,
+                **({"resources": settings.job.encoder_resources} if settings.job.encoder_resources else {}),
             )
             # One write batch per protect call: the governance actor is asked once per write batch
             # and tenant, not once per encoder batch.
             .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
-                         batch_size=settings.job.write_batch_rows)
+                         batch_size=settings.job.write_batch_rows, **tasks)
         )
         sink = MilvusDatasink(stage_store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)
         mark("pipeline")
         try:
             with reporting_progress(stats, lambda: known_total(resolved), progress):
-                pipeline.write_datasink(sink)
+                pipeline.write_datasink(sink, ray_remote_args=tasks)
         except Exception as e:
             cause = pixlake_cause(e)  # a store that stayed down: its own message, not a Ray trace
             if cause is None or cause is e:

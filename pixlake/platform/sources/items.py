@@ -13,7 +13,7 @@ import json
 import logging
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 
@@ -235,11 +235,12 @@ class WebDatasetSamples:
 _WDS_IMAGE_KEYS = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
 
 
-def read_items(resolved: ResolvedSource):
+def read_items(resolved: ResolvedSource, ray_remote_args: Optional[dict] = None):
     """Build the read stage: a Ray dataset of items in :data:`ITEM_SCHEMA`.
 
     Args:
         resolved: the source, from :func:`resolve_source`.
+        ray_remote_args: what each read task asks Ray for (``job.task_resources``).
 
     Returns:
         The dataset.
@@ -247,6 +248,7 @@ def read_items(resolved: ResolvedSource):
     import ray
 
     log.info("source: %d %s file(s)", len(resolved.files), resolved.kind)
+    args = dict(ray_remote_args or {})
     if resolved.kind == "images":
         n = len(resolved.files)
         rows_per_block = max(_MIN_BLOCK_ROWS, -(-n // _TARGET_BLOCKS))
@@ -270,7 +272,7 @@ def read_items(resolved: ResolvedSource):
         return ray.data.from_arrow(tables)
     if resolved.kind == "parquet":
         base_dir = posixpath.dirname(resolved.files[0]) if len(resolved.files) == 1 else posixpath.commonpath(resolved.files)
-        ds = ray.data.read_parquet(resolved.files, filesystem=resolved.filesystem)
-        return ds.map_batches(ParquetRows(resolved, base_dir), batch_format="pyarrow", batch_size=None)
-    ds = ray.data.read_webdataset(resolved.files, filesystem=resolved.filesystem, decoder=None)
-    return ds.map_batches(WebDatasetSamples(resolved), batch_format="pyarrow", batch_size=None)
+        ds = ray.data.read_parquet(resolved.files, filesystem=resolved.filesystem, ray_remote_args=args)
+        return ds.map_batches(ParquetRows(resolved, base_dir), batch_format="pyarrow", batch_size=None, **args)
+    ds = ray.data.read_webdataset(resolved.files, filesystem=resolved.filesystem, decoder=None, ray_remote_args=args)
+    return ds.map_batches(WebDatasetSamples(resolved), batch_format="pyarrow", batch_size=None, **args)
