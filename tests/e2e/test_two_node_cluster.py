@@ -87,3 +87,85 @@ def test_the_embed_job_spreads_over_two_nodes_with_exact_counts(milvus_server, c
     with MilvusStore(milvus_server, "two_nodes") as store:
         ids = [r["id"] for r in store.query("", ["id"])]
     assert len(ids) == len(set(ids)) == 48
+
+
+def _kill_node(marker: str) -> int:
+    """SIGKILL the raylet whose resources name ``marker`` and every process under it (the
+    node's workers and agents): a machine lost, not a shutdown. Returns how many died."""
+    import psutil
+
+    raylets = [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+               and "raylet" in " ".join(p.info["cmdline"] or [])]
+    assert len(raylets) == 1, raylets
+    doomed = raylets + raylets[0].children(recursive=True)
+    for p in doomed:
+        p.kill()
+    psutil.wait_procs(doomed, timeout=20)
+    return len(doomed)
+
+
+def _rows(uri: str, collection: str) -> int:
+    from pymilvus import MilvusClient
+
+    from pymilvus.exceptions import MilvusException
+
+    client = MilvusClient(uri)
+    try:
+        if not client.has_collection(collection):
+            return 0
+        return int(client.query(collection, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"])
+    except MilvusException:  # created but not loaded yet
+        return 0
+    finally:
+        client.close()
+
+
+def test_a_worker_node_killed_mid_job_costs_no_row(milvus_server, tmp_path):
+    """Both nodes run the CPU stages; the second is SIGKILLed once rows are being written. Ray
+    runs its lost tasks again on the head (same task ids, so they keep their claims) and the
+    job completes with every distinct image stored exactly once."""
+    from pixlake.platform.corpus import write_corpus
+
+    distinct = len({p.read_bytes() for p in write_corpus(tmp_path / "c", 600, seed=13)})
+    env = subprocess_env()
+    env["RAY_AUTH_MODE"] = "token"
+    keys = tmp_path / "keys"
+    load_master_key(keys, create=True)
+    port, dash, temp_dir = _start_cluster(env, head={"pixlake_cpu": 100, "pixlake_encoder": 1},
+                                          worker={"pixlake_cpu": 100, "pixlake_doomed_node": 1})
+    try:
+        job_env = {"PIXLAKE_GOVERNANCE__KEY_DIR": str(keys), "PIXLAKE_GOVERNANCE__BETA": str(TINY_BETA),
+                   "PIXLAKE_JOB__TASK_RESOURCES": json.dumps({"pixlake_cpu": 1}),
+                   "PIXLAKE_JOB__ENCODER_RESOURCES": json.dumps({"pixlake_encoder": 1}),
+                   "PIXLAKE_JOB__WRITE_BATCH_ROWS": "16"}
+        killed = {}
+
+        def kill_when_writing() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                if _rows(milvus_server, "node_lost") > 0:
+                    killed["processes"] = _kill_node("pixlake_doomed_node")
+                    killed["rows_then"] = _rows(milvus_server, "node_lost")
+                    return
+                time.sleep(0.2)
+
+        import threading
+
+        killer = threading.Thread(target=kill_when_writing, daemon=True)
+        killer.start()
+        submit = _submit(dash, env, job_env, str(tmp_path / "c" / "images"), "--db", milvus_server,
+                         "--collection", "node_lost", "--model", TINY[0], "--pretrained", TINY[1],
+                         "--batch-size", "8", "--json")
+        killer.join(timeout=5)
+        assert submit.returncode == 0 and "succeeded" in submit.stdout.lower(), submit.stdout[-3000:] + submit.stderr[-3000:]
+        assert killed, "the worker node was never killed: the job finished first"
+        assert killed["rows_then"] < distinct, killed
+        doomed = next(n["node_id"] for n in _listed("nodes", dash, env) if "pixlake_doomed_node" in n["resources_total"])
+        lost = [t["name"] for t in _listed("tasks", dash, env) if t["node_id"] == doomed and t["state"] != "FINISHED"]
+        assert lost, "no task of the job was running on the node when it died"
+    finally:
+        _stop_cluster(port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    with MilvusStore(milvus_server, "node_lost") as store:
+        ids = [r["id"] for r in store.query("", ["id"])]
+    assert len(ids) == len(set(ids)) == distinct

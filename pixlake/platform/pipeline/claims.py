@@ -13,7 +13,7 @@ task claims again with the same tokens and still owns its rows, so a worker lost
 costs no rows.
 
 Memory: about 110 bytes per distinct id of the job (a 128-bit int key and a 64-bit token),
-spread over the shards: about 11 GB for 100M images.
+spread over the shards, all on the driver's node: about 11 GB for 100M images.
 """
 
 from __future__ import annotations
@@ -101,9 +101,14 @@ class Claims:
 
 
 def start_claims(cluster_cpus: int) -> Claims:
-    """Start the job's claim shards (Ray must be initialised); more on larger clusters."""
+    """Start the job's claim shards (Ray must be initialised); more on larger clusters.
+
+    They run on the driver's node: a shard on a worker node would die with it and take its
+    claims along, while the driver's node going down ends the job anyway."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     shards = max(MIN_SHARDS, cluster_cpus // CPUS_PER_SHARD)
-    shard = ray.remote(ClaimShard).options(num_cpus=0, max_concurrency=1)
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    shard = ray.remote(ClaimShard).options(num_cpus=0, max_concurrency=1, scheduling_strategy=here)
     return Claims([shard.remote() for _ in range(shards)])

@@ -115,7 +115,8 @@ def start_stats_actor(dim: int) -> ActorProxy:
     statistics (:class:`~pixlake.platform.pipeline.run_metrics.RunMetrics`)."""
     from pixlake.platform.pipeline.run_metrics import RunMetrics
 
-    return start_owner_actor(StatsOwner, RunMetrics, dim, pin_to_driver=False, probe="get")
+    # On the driver's node: an actor elsewhere dies with its node, and the job with it.
+    return start_owner_actor(StatsOwner, RunMetrics, dim, pin_to_driver=True, probe="get")
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:
