@@ -8,7 +8,7 @@
   its report's ``seconds``/``images_per_s`` include Ray start-up, the driver's model load
   + fingerprint, the actor's model load and the final writes. To show where time goes,
   the job's subprocess wraps (in memory only) ``load_encoder``, ``init_ray``,
-  ``start_store_actor``, ``DecodeImages`` and ``EmbedImages`` with timestamp probes;
+  ``start_job_store``, ``DecodeImages`` and ``EmbedImages`` with timestamp probes;
   "steady" = images embedded after the first batch / time from its end to the last batch's end.
 
 Each contender runs in its own subprocess; its peak memory is the peak summed RSS of that
@@ -151,7 +151,7 @@ def role_job(args, jpegs: Path, ckpt: Path) -> dict:
         return Probed
 
     J.load_encoder, J.init_ray = timed("driver_load", J.load_encoder), timed("ray_init", J.init_ray)
-    J.start_store_actor = timed("store_actor", J.start_store_actor)
+    J.start_job_store = timed("store_actor", J.start_job_store)
     J.EmbedImages, J.DecodeImages = probed(J.EmbedImages, "embed"), probed(J.DecodeImages, "decode")
     settings = load_settings(overrides={"store": {"db": str(db), "collection": "bench"},
                                         "encoder": {"model": args.model, "pretrained": str(ckpt)},
