@@ -160,6 +160,9 @@ def ray_session():
     from pixlake.platform.ray_runtime import start_ray
 
     os.environ.pop("RAY_ADDRESS", None)
+    # CI's first start on a freshly installed machine once outlasted Ray's 30 s wait for the GCS
+    # port file; start_ray tries again, and the wait is longer too
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
     # the proxies of this Ray cap bodies at the served app's cap (read when Ray starts them);
     # subprocesses started later (`pixlake serve`) do not inherit it
     os.environ["PIXLAKE_MAX_BODY_BYTES"] = str(SERVED_MAX_BODY_BYTES)
