@@ -130,7 +130,7 @@ def profile(n: int, work: Path, manifest, db: str, store_actor: bool) -> tuple[f
     return wall, sampler.busy, dict(sampler.seconds)
 
 
-def per_image(runs: dict, small: int, large: int, shards: int) -> tuple[dict[str, float], float, float]:
+def per_image(runs: dict, small: int, large: int) -> tuple[dict[str, float], float, float]:
     """(core-ms per extra image by label, wall ms per extra image, busy core-ms per extra image)."""
     (w0, b0, s0), (w1, b1, s1) = runs[small], runs[large]
     extra = large - small
@@ -153,7 +153,7 @@ def main() -> None:
     from embedded_milvus import milvus_uri
     from pixlake.platform.corpus import MANIFEST, write_corpus
     from pixlake.platform.governance.keys import load_master_key
-    from pixlake.platform.pipeline.claims import CPUS_PER_SHARD, MIN_SHARDS
+    from pixlake.platform.pipeline.claims import shard_count
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2000,10000", help="two corpus sizes; the difference is the per-image cost")
@@ -168,10 +168,11 @@ def main() -> None:
     load_master_key(work / "keys", create=True)  # a server deployment never creates one itself
     write_corpus(work / "c", large, seed=3, holdout=1.0)
     manifest = pq.read_table(work / "c" / MANIFEST)
-    shards = max(MIN_SHARDS, (os.cpu_count() or 1) // CPUS_PER_SHARD)
+    shards = shard_count(os.cpu_count() or 1)
     paths = [True] if args.backend == "lite" else [True, False]  # store_actor
-    with milvus_uri(args.uri if args.backend == "server" else None, work / "milvus", {}) if args.backend == "server" \
-            else _lite(work) as (db, _):
+    store = milvus_uri(args.uri, work / "milvus", {}) if args.backend == "server" \
+        else contextlib.nullcontext((str(work / "lite.db"), None))
+    with store as (db, _):
         results = {}
         for store_actor in paths:
             name = "store actor" if store_actor else "tasks write"
@@ -182,7 +183,7 @@ def main() -> None:
                 wall, busy, _ = runs[n]
                 print(f"[{args.backend}, {name}] {n:>6} images: {wall:6.1f} s wall, {busy:6.1f} core-s busy on "
                       f"{os.cpu_count()} cores ({100 * busy / wall / os.cpu_count():.0f}% utilised)", flush=True)
-            results[name] = per_image(runs, small, large, shards) + (runs[large][0],)
+            results[name] = per_image(runs, small, large) + (runs[large][0],)
     ray.shutdown()
     names = list(results)
     print(f"\nper extra image ({small} -> {large}), {args.backend}:")
@@ -202,11 +203,6 @@ def main() -> None:
     if len(names) == 2:
         before, after = (bottleneck(results[n][0], shards)[1] for n in names)
         print(f"ceiling ratio tasks / store actor: {before / after if after > 0 else float('inf'):.1f}x")
-
-
-@contextlib.contextmanager
-def _lite(work: Path):
-    yield str(work / "lite.db"), None
 
 
 if __name__ == "__main__":

@@ -53,9 +53,6 @@ class ClaimShard:
         """Ids claimed on this shard."""
         return len(self.owner)
 
-    def close(self) -> None:
-        """Nothing to release (the shutdown calls it)."""
-
 
 def shard_of(row_id: str, shards: int) -> int:
     """The shard that decides ``row_id`` (the same in every process)."""
@@ -86,18 +83,17 @@ class Claims:
             owned.update(i for i, mine in zip(groups[s][0], ray.get(ref)) if mine)
         return owned
 
-    def size(self) -> int:
-        """Ids claimed so far, over all shards."""
-        import ray
-
-        return sum(ray.get([a.size.remote() for a in self.actors]))
-
     def shutdown(self) -> None:
         """End the shard actors."""
         import ray
 
         for a in self.actors:
             ray.kill(a)
+
+
+def shard_count(cluster_cpus: int) -> int:
+    """How many claim shards a job on ``cluster_cpus`` CPUs starts."""
+    return max(MIN_SHARDS, cluster_cpus // CPUS_PER_SHARD)
 
 
 def start_claims(cluster_cpus: int) -> Claims:
@@ -108,7 +104,7 @@ def start_claims(cluster_cpus: int) -> Claims:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    shards = max(MIN_SHARDS, cluster_cpus // CPUS_PER_SHARD)
+    shards = shard_count(cluster_cpus)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     shard = ray.remote(ClaimShard).options(num_cpus=0, max_concurrency=1, scheduling_strategy=here)
     return Claims([shard.remote() for _ in range(shards)])

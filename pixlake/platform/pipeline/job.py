@@ -24,7 +24,7 @@ from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.claims import start_claims
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
-from pixlake.platform.pipeline.job_store import TaskStore, start_job_store, writes_in_tasks
+from pixlake.platform.pipeline.job_store import TaskStore, start_job_store
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
@@ -113,9 +113,9 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         cpus = int(ray.cluster_resources().get("CPU", 1))
         decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
         stats = start_stats_actor(dim)
-        # the handle the stages carry: a server's tasks report their retries to the run's metrics
-        stage_store = store.with_metrics(stats) if isinstance(store, TaskStore) else store
-        claims = start_claims(cpus) if writes_in_tasks(settings) else None
+        stage_store = store  # the handle the stages carry
+        if isinstance(store, TaskStore):  # the tasks write: they report their retries, and claim ids
+            stage_store, claims = store.with_metrics(stats), start_claims(cpus)
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,

@@ -39,16 +39,16 @@ class TaskStore:
     def __init__(self, settings: Any, metrics: Optional[Any] = None):
         self.settings = settings
         self.metrics = metrics
+        self._key = settings.model_dump_json()  # which of this process's clients it uses
 
     def with_metrics(self, metrics: Any) -> "TaskStore":
         """This handle, reporting its retries to ``metrics``."""
         return TaskStore(self.settings, metrics)
 
     def _store(self) -> MilvusStore:
-        key = self.settings.model_dump_json()
-        if key not in _open:
-            _open[key] = MilvusStore.configured(self.settings)
-        return _open[key]
+        if self._key not in _open:
+            _open[self._key] = MilvusStore.configured(self.settings)
+        return _open[self._key]
 
     def __getattr__(self, method: str):
         if method.startswith("_"):
@@ -67,7 +67,7 @@ class TaskStore:
 
     def shutdown(self) -> None:
         """Close this process's client (the driver's, at the job's end)."""
-        store = _open.pop(self.settings.model_dump_json(), None)
+        store = _open.pop(self._key, None)
         if store is not None:
             store.close()
 
