@@ -29,6 +29,7 @@ RANDOM_WEIGHTS_SEED = 0
 BUNDLED_TAG = "bundled"
 BUNDLED_WEIGHTS = Path(__file__).parent / "weights"
 _NO_WEIGHTS = {"", "none", "random"}
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz")
 
 _registered = False
 
@@ -124,10 +125,34 @@ def _config(model_name: str) -> dict:
     return config
 
 
+def _config_file(model_name: str) -> Optional[dict]:
+    """A plain model name's config read from the JSON files open_clip registers (the project's
+    own taking precedence, as in open_clip's registry), without importing open_clip: its import
+    (torch and torchvision included) takes seconds, which a job would spend before Ray starts.
+    None when the name needs open_clip itself (``hf-hub:``, ``local-dir:``, or not found)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("open_clip")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations or not re.fullmatch(r"[\w.\-]+", model_name):
+        return None
+    for folder in (BUNDLED_CONFIGS, Path(spec.submodule_search_locations[0]) / "model_configs"):
+        path = folder / f"{model_name}.json"
+        if path.is_file():
+            config = json.loads(path.read_text())
+            if all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
+                return config
+    return None
+
+
+def _is_tag(pretrained: Optional[str]) -> bool:
+    """True when --pretrained names a published open_clip tag (not none, bundled or a path)."""
+    return not (pretrained is None or pretrained.strip().lower() in _NO_WEIGHTS or pretrained == BUNDLED_TAG
+                or os.path.sep in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES))
+
+
 def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str]:
     """Map --pretrained to what open_clip takes; None means random weights."""
-    import open_clip
-
     if pretrained is None or pretrained.strip().lower() in _NO_WEIGHTS:
         return None
     if pretrained == BUNDLED_TAG:
@@ -136,10 +161,12 @@ def _resolve_weights(model_name: str, pretrained: Optional[str]) -> Optional[str
             shipped = ", ".join(sorted(p.stem for p in BUNDLED_WEIGHTS.glob("*.pt"))) or "none"
             raise ModelError(f"no bundled weights for {model_name} (bundled: {shipped})")
         return str(path)
-    if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz")):
+    if not _is_tag(pretrained):  # a checkpoint path
         if not Path(pretrained).is_file():
             raise ModelError(f"checkpoint not found: {pretrained}")
         return pretrained
+    import open_clip
+
     tags = open_clip.list_pretrained_tags_by_model(model_name)
     if pretrained not in tags:
         known = ", ".join(tags) or "none published"
@@ -265,14 +292,22 @@ def _normalise(features: Any) -> np.ndarray:
     return features.cpu().numpy().astype(np.float32, copy=False)
 
 
-def check_model(model_name: str, pretrained: Optional[str]) -> None:
+def check_model(model_name: str, pretrained: Optional[str]) -> int:
     """Fail fast on an unknown model or tag, or a missing checkpoint, without loading weights.
+
+    A known model with a checkpoint path, bundled or random weights is checked without
+    importing open_clip, so a job need not wait for that import before starting Ray.
+
+    Returns:
+        The model's embedding width.
 
     Raises:
         ModelError: as :func:`load_encoder` would, in a fraction of the time.
     """
-    _config(model_name)
+    config = None if _is_tag(pretrained) else _config_file(model_name)
+    config = config or _config(model_name)
     _resolve_weights(model_name, pretrained)
+    return int(config["embed_dim"])
 
 
 def load_encoder(model_name: str, pretrained: Optional[str], device: Optional[str] = None) -> Encoder:

@@ -293,6 +293,55 @@ def test_checkpoint_of_another_architecture_is_model_error(tmp_path: Path, check
         load_encoder(TINY[0], str(path), device="cpu")
 
 
+# --- the check before Ray starts ------------------------------------------------------
+
+
+def test_check_reads_every_registered_config_as_open_clip_does():
+    """The torch-free lookup agrees with open_clip's registry for every name it knows,
+    the project's own configs included (which take precedence there too)."""
+    import open_clip
+
+    from pixlake.platform.encoder import _config_file
+
+    register_bundled_configs()
+    names = open_clip.list_models()
+    assert TINY[0] in names and "ViT-B-32" in names
+    for name in names:
+        assert _config_file(name) == open_clip.get_model_config(name), name
+
+
+@pytest.mark.parametrize("name", ["../pixlake-tiny", "hf-hub:org/model", "local-dir:/tmp", "no-such-model-xyz"])
+def test_check_leaves_other_names_to_open_clip(name):
+    from pixlake.platform.encoder import _config_file
+
+    assert _config_file(name) is None
+
+
+def test_check_model_returns_the_width_load_encoder_gives(tiny_encoder: Encoder, checkpoint: Path):
+    from pixlake.platform.encoder import check_model
+
+    assert check_model(TINY[0], "none") == check_model(TINY[0], str(checkpoint)) == tiny_encoder.dim
+    assert check_model("ViT-B-32", "none") == 512
+    with pytest.raises(ModelError, match="did you mean.*pixlake-tiny"):
+        check_model("pixlake-tinny", "none")
+    with pytest.raises(ModelError, match="'nope'"):
+        check_model("ViT-B-32", "nope")
+
+
+def test_check_model_imports_no_torch_for_a_path_or_random_weights(tmp_path: Path):
+    """A job checks the model before starting Ray; importing open_clip (torch) there cost ~3 s."""
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"x")  # only its existence is checked
+    code = ("import sys; from pixlake.platform.encoder import check_model; "
+            f"print(check_model('ViT-B-32', 'none'), check_model('pixlake-demo', 'bundled'), check_model('ViT-B-32', {str(ckpt)!r}), "
+            "'torch' in sys.modules, 'open_clip' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["512", "64", "512", "False", "False"]
+
+
 @pytest.mark.parametrize("size", [(97, 61), (40, 160), (32, 32), (1, 1), (33, 32), (500, 81), (3, 1000)])
 def test_torch_free_pil_half_matches_open_clip_pixel_for_pixel(tiny_encoder, size):
     """Decode workers use a plain-PIL resize+crop; it must equal open_clip's own transforms."""

@@ -24,13 +24,14 @@ from pixlake.platform.governance.service import prepare as prepare_governance
 from pixlake.platform.pipeline.claims import start_claims
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
-from pixlake.platform.pipeline.job_store import TaskStore, start_job_store
+from pixlake.platform.pipeline.job_store import start_job_store, writes_in_tasks
 from pixlake.platform.pipeline.load import LoadItems
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
 from pixlake.platform.pipeline.run_metrics import Progress, RunMetrics, reporting_progress, timed, write_metrics_file
 from pixlake.platform.pipeline.sink import MilvusDatasink
 from pixlake.platform.pipeline.skip import SkipExisting
+from pixlake.platform.pipeline.startup import start_concurrently
 from pixlake.platform.sources.items import ResolvedSource, read_items, resolve_source
 from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
@@ -78,44 +79,44 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
 
     # Check the store location, the source and the model name before starting Ray: a bad
     # flag fails in a second. The model is loaded (the driver needs its fingerprint and
-    # preprocessing) while Ray and the store actor start: both take seconds.
+    # preprocessing) while Ray and the job's parts start: both take seconds.
     check_db_location(settings.store.db)
     resolved = resolve_source(source)
-    check_model(settings.encoder.model, settings.encoder.pretrained)
+    dim = check_model(settings.encoder.model, settings.encoder.pretrained)
     key_dir = prepare_governance(settings)  # after the checks: a bad flag creates no key
+    tasks = {"resources": settings.job.task_resources} if settings.job.task_resources else {}
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(load_encoder, settings.encoder.model, settings.encoder.pretrained, "cpu")
         init_ray()
         mark("ray")
-        governance = start_governance_actor(settings)  # first: a missing key source fails before anything else
-        try:
-            store = start_job_store(settings)
-        except BaseException:
-            governance.shutdown()
-            raise
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        claimed = writes_in_tasks(settings)  # on a server the tasks write, and claim ids first
+        parts = start_concurrently({
+            "governance": lambda: start_governance_actor(settings),  # first: its error (no key source) wins
+            "store": lambda: start_job_store(settings),
+            "stats": lambda: start_stats_actor(dim),
+            "claims": lambda: start_claims(cpus) if claimed else None,
+            "dataset": lambda: read_items(resolved, tasks),
+        })
+        governance, store, stats, claims, dataset = (parts[k] for k in ("governance", "store", "stats", "claims", "dataset"))
         mark("owners")
         try:
             encoder = loading.result()
         except BaseException:
-            store.shutdown()
-            governance.shutdown()
+            for part in (claims, stats, store, governance):
+                if part is not None:
+                    part.shutdown()
             raise
         mark("encoder")
-    fingerprint, preprocess, dim = encoder.fingerprint, encoder.preprocess, encoder.dim
+    fingerprint, preprocess = encoder.fingerprint, encoder.preprocess
     del encoder, loading  # the driver needs only these; the actors load their own copy
-    stats = claims = None
     try:
-        tasks = {"resources": settings.job.task_resources} if settings.job.task_resources else {}
-        dataset = read_items(resolved, tasks)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         actors = settings.job.concurrency or max(gpus, 1)
         index = store.ensure_collection(dim, fingerprint)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
         decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
-        stats = start_stats_actor(dim)
-        stage_store = store  # the handle the stages carry
-        if isinstance(store, TaskStore):  # the tasks write: they report their retries, and claim ids
-            stage_store, claims = store.with_metrics(stats), start_claims(cpus)
+        # The tasks that write report their store retries to the stats actor.
+        stage_store = store.with_metrics(stats) if claimed else store
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.
             dataset.map_batches(timed("load", LoadItems(settings.job.tenant, settings.job.decode.max_bytes, governance,
@@ -168,12 +169,9 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         run_metrics: RunMetrics = stats.get()
         store_retries = store.retry_count() + run_metrics.store_retries
     finally:
-        if claims is not None:
-            claims.shutdown()
-        if stats is not None:
-            stats.shutdown()
-        store.shutdown()
-        governance.shutdown()
+        for part in (claims, stats, store, governance):
+            if part is not None:
+                part.shutdown()
     seconds = time.monotonic() - started
     totals = sink.totals
     report = JobReport(
