@@ -204,3 +204,19 @@ def test_stage_throughput(tmp_path):
     out = run_script("stage_throughput", "--quick", "--device", "cpu", "--out", str(tmp_path))
     floats(r"decode \(CPU tasks\) +([\d.]+) images/s per core", out)
     floats(r"best ([\d.]+) images/s from pixels needs ([\d.]+) decode cores", out)
+
+
+def test_startup(tmp_path):
+    out = run_script("startup", "--model", "pixlake-tiny", "--images", "8", "--runs", "1", "--out", str(tmp_path))
+    ray_up, first = floats(r"^ray +([\d.]+)", out)[0], floats(r"^first_embedded +([\d.]+)", out)[0]
+    assert 0 < ray_up < first
+
+
+def test_peer_pixlake_half(tmp_path):
+    """The clip-retrieval half needs its own venv (bench/peer_setup.sh); the pixlake half runs anywhere."""
+    from embed_throughput import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path, "pixlake-tiny")
+    out = run_script("peer", "--skip-peer", "--model", "pixlake-tiny", "--ckpt", str(ckpt), "--images", "8",
+                     "--out", str(tmp_path))
+    assert floats(r"pixlake embed: +([\d.]+) s", out) and "(8 embedded, 0 rejected; vectors encrypted" in out

@@ -191,6 +191,23 @@ def test_same_weights_from_checkpoint_same_fingerprint(checkpoint: Path, tiny_en
     np.testing.assert_allclose(enc.embed_images(images), tiny_encoder.embed_images(images), atol=1e-6)
 
 
+def test_a_checkpoint_missing_a_weight_fails_although_random_init_is_skipped(tmp_path: Path, checkpoint: Path):
+    """Building for a checkpoint skips torch's random init; a weight the checkpoint lacks must
+    then fail the load (open_clip's strict load), not stay uninitialised memory."""
+    import torch
+
+    sd = torch.load(checkpoint, weights_only=True)
+    del sd["visual.proj" if "visual.proj" in sd else sorted(sd)[-1]]
+    path = tmp_path / "missing_key.pt"
+    torch.save(sd, path)
+    before = torch.nn.init.normal_
+    with pytest.raises(ModelError, match="Missing key"):
+        load_encoder(TINY[0], str(path), device="cpu")
+    assert torch.nn.init.normal_ is before  # restored after the failed build
+    x = torch.nn.init.normal_(torch.zeros(1000))
+    assert x.std() > 0.5  # and draws again
+
+
 def test_fingerprint_changes_with_weights(perturbed_checkpoint: Path, tiny_encoder: Encoder):
     enc = load_encoder(TINY[0], str(perturbed_checkpoint), device="cpu")
     assert enc.fingerprint.startswith(f"{TINY[0]}:")
