@@ -100,9 +100,11 @@ class CpuSampler(threading.Thread):
         self.join()
 
 
-# Processes a job has exactly one of, whatever the cluster's size: the per-row path's
-# bottlenecks (the claim shards are several: their label's cost is divided among them).
+# Processes a job has a fixed number of, whatever the cluster's size: the per-row path's
+# bottlenecks. Where the tasks write, the claims and the stats are sharded (claims.shard_count
+# of each): their label's cost is divided among the shards.
 SINGLETONS = ("StoreOwner", "GovernanceOwner", "StatsOwner", "ClaimShard")
+SHARDED = ("ClaimShard", "StatsOwner")
 
 
 def profile(n: int, work: Path, manifest, db: str, store_actor: bool) -> tuple[float, float, dict[str, float]]:
@@ -141,7 +143,7 @@ def per_image(runs: dict, small: int, large: int) -> tuple[dict[str, float], flo
 def bottleneck(costs: dict[str, float], shards: int) -> tuple[str, float]:
     """The busiest single process of the per-row path: (its class, core-ms per image), its
     labels summed (an actor's process is titled by the method it runs, or by its class when idle)."""
-    single = {name: sum(cost for label, cost in costs.items() if f"::{name}" in label) / (shards if name == "ClaimShard" else 1)
+    single = {name: sum(cost for label, cost in costs.items() if f"::{name}" in label) / (shards if name in SHARDED else 1)
               for name in SINGLETONS}
     return max(single.items(), key=lambda kv: kv[1])
 
@@ -195,13 +197,13 @@ def main() -> None:
             print(f"| {label} | " + " | ".join(f"{results[n][0].get(label, 0):.3f}" for n in names) + " |")
     for n in names:
         costs, wall_ms, busy_ms = results[n][:3]
-        label, cost = bottleneck(costs, shards)
+        label, cost = bottleneck(costs, shards if n == "tasks write" else 1)
         ceiling = 1000 / cost if cost > 0 else float("inf")
         print(f"[{n}] per extra image: {wall_ms:.2f} ms wall, {busy_ms:.2f} core-ms busy; {large} images in "
               f"{results[n][3]:.1f} s; busiest single process of the per-row path: {label} {cost:.3f} core-ms "
               f"-> write ceiling {ceiling:,.0f} rows/s")
     if len(names) == 2:
-        before, after = (bottleneck(results[n][0], shards)[1] for n in names)
+        before, after = (bottleneck(results[n][0], shards if n == "tasks write" else 1)[1] for n in names)
         print(f"ceiling ratio tasks / store actor: {before / after if after > 0 else float('inf'):.1f}x")
 
 

@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 import pytest
+import ray
 
 from pixlake.platform.corpus import write_corpus
+from pixlake.platform.pipeline.claims import shard_count
 from pixlake.platform.governance.keys import load_master_key
 from pixlake.platform.pipeline.job import run_embed_job
 from pixlake.platform.pipeline.skip import FAULT_ENV
@@ -75,6 +77,10 @@ def test_repeats_across_blocks_are_counted_exactly_on_either_path(backend, ray_s
         assert "StoreOwner" in started and "ClaimShard" not in started, started
     else:  # no store actor: the tasks write; the claims are sharded
         assert "StoreOwner" not in started and "ClaimShard" in started, started
+    # Where the tasks write, no one actor hears of every batch: the metrics are sharded like the claims.
+    shards = shard_count(int(ray.cluster_resources()["CPU"]))
+    assert started["StatsOwner"] == (shards if backend == "server" else 1) and shards >= 2, started
+    assert started["GovernanceOwner"] == 1, started
 
 
 def test_a_task_lost_right_after_claiming_costs_no_row(milvus_server, twice, tmp_path):

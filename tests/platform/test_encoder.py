@@ -345,6 +345,7 @@ def test_check_model_returns_the_width_load_encoder_gives(tiny_encoder: Encoder,
         check_model("ViT-B-32", "nope")
 
 
+@pytest.mark.slow  # a subprocess: the only place where torch is not imported yet
 def test_check_model_imports_no_torch_for_a_path_or_random_weights(tmp_path: Path):
     """A job checks the model before starting Ray; importing open_clip (torch) there cost ~3 s."""
     import subprocess

@@ -96,15 +96,15 @@ def shard_count(cluster_cpus: int) -> int:
     return max(MIN_SHARDS, cluster_cpus // CPUS_PER_SHARD)
 
 
-def start_claims(cluster_cpus: int) -> Claims:
-    """Start the job's claim shards (Ray must be initialised); more on larger clusters.
+def start_claims(shards: int) -> Claims:
+    """Start the job's ``shards`` claim shards (Ray must be initialised; :func:`shard_count`
+    gives more on larger clusters).
 
     They run on the driver's node: a shard on a worker node would die with it and take its
     claims along, while the driver's node going down ends the job anyway."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    shards = shard_count(cluster_cpus)
     here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
     shard = ray.remote(ClaimShard).options(num_cpus=0, max_concurrency=1, scheduling_strategy=here)
     return Claims([shard.remote() for _ in range(shards)])

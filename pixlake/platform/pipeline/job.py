@@ -21,7 +21,7 @@ from pixlake.platform.drift import EmbeddingStats, StatsHistory, drift, withheld
 from pixlake.platform.encoder import check_model, load_encoder
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.governance.service import prepare as prepare_governance
-from pixlake.platform.pipeline.claims import start_claims
+from pixlake.platform.pipeline.claims import shard_count, start_claims
 from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.job_store import start_job_store, writes_in_tasks
@@ -36,7 +36,7 @@ from pixlake.platform.sources.items import ResolvedSource, read_items, resolve_s
 from pixlake.platform.ray_runtime import init_ray
 from pixlake.platform.settings import Settings
 from pixlake.platform.store import backend_of, check_db_location
-from pixlake.platform.pipeline.store_actor import start_governance_actor, start_stats_actor
+from pixlake.platform.pipeline.store_actor import start_governance_actor, start_stats
 
 log = logging.getLogger(__name__)
 STAGE_BATCH = 128  # rows per call of the CPU stages (load, skip, decode)
@@ -91,11 +91,14 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         mark("ray")
         cpus = int(ray.cluster_resources().get("CPU", 1))
         claimed = writes_in_tasks(settings)  # on a server the tasks write, and claim ids first
+        # Where the tasks write, no one actor may hear of every batch: the metrics are sharded
+        # like the claims. Through a store actor that actor bounds the job anyway.
+        shards = shard_count(cpus) if claimed else 1
         parts = start_concurrently({
             "governance": lambda: start_governance_actor(settings),  # first: its error (no key source) wins
             "store": lambda: start_job_store(settings),
-            "stats": lambda: start_stats_actor(dim),
-            "claims": lambda: start_claims(cpus) if claimed else None,
+            "stats": lambda: start_stats(dim, shards),
+            "claims": lambda: start_claims(shards) if claimed else None,
             "dataset": lambda: read_items(resolved, tasks),
         })
         governance, store, stats, claims, dataset = (parts[k] for k in ("governance", "store", "stats", "claims", "dataset"))

@@ -1,5 +1,5 @@
-"""One embed run's metrics: stage latencies and embedding statistics, accumulated in one
-actor, written at the end as a Prometheus text file.
+"""One embed run's metrics: stage latencies and embedding statistics, accumulated in a few
+actors (:class:`MetricsShards`), written at the end as a Prometheus text file.
 
 A batch job ends before a scraper comes by, so the job writes its metrics as a file
 (``job.metrics_file``, ``--metrics-file``) in Prometheus's text format: node_exporter's
@@ -11,6 +11,8 @@ to a Pushgateway. The Serve app exposes its own metrics on ``/metrics``
 from __future__ import annotations
 
 import contextlib
+import functools
+import random
 import threading
 import time
 from collections import Counter
@@ -25,7 +27,7 @@ STAGES = ("load", "skip", "decode", "embed", "protect", "write")
 
 
 class RunMetrics:
-    """What the stages report during a run (owned by one actor; see ``start_stats_actor``).
+    """What the stages report during a run (each shard's actor owns one; see :class:`MetricsShards`).
 
     Attributes:
         embedding: the run's :class:`~pixlake.platform.drift.EmbeddingStats`.
@@ -61,12 +63,61 @@ class RunMetrics:
         """Rows through ``stage`` so far."""
         return self.stages.get(stage, {}).get("rows", 0)
 
+    def merge(self, other: "RunMetrics") -> "RunMetrics":
+        """Add ``other``'s observations to this one's (another shard's); returns this one."""
+        self.embedding.add(other.embedding)
+        self.store_retries += other.store_retries
+        for stage, at in other.first_done.items():
+            self.first_done[stage] = min(at, self.first_done.get(stage, at))
+        for stage, o in other.stages.items():
+            s = self.stages.setdefault(stage, {"buckets": [0] * (len(STAGE_BUCKETS) + 1), "sum": 0.0, "count": 0, "rows": 0})
+            s["buckets"] = [a + b for a, b in zip(s["buckets"], o["buckets"])]
+            for key in ("sum", "count", "rows"):
+                s[key] += o[key]
+        return self
+
     def get(self) -> "RunMetrics":
         """This object (what the driver fetches from the actor)."""
         return self
 
     def close(self) -> None:
         """Nothing to release (the actor's shutdown calls it)."""
+
+
+class MetricsShards:
+    """The run's metrics over a few actors, so that no one actor is told of every batch of
+    every stage: one per 16 cluster CPUs, at least 2, as many as the claim shards. Each
+    observation goes to a shard picked at random; reads merge them. Picklable: the stages
+    carry it.
+
+    Args:
+        shards: proxies of actors that each own a :class:`RunMetrics`.
+    """
+
+    def __init__(self, shards: list[Any]):
+        self.shards = list(shards)
+
+    def observe_stage(self, stage: str, seconds: float, rows: int, embedding: Optional[EmbeddingStats] = None) -> None:
+        """:meth:`RunMetrics.observe_stage` on one shard."""
+        random.choice(self.shards).observe_stage(stage, seconds, rows, embedding)
+
+    def count_store_retries(self, n: int) -> None:
+        """:meth:`RunMetrics.count_store_retries` on one shard."""
+        random.choice(self.shards).count_store_retries(n)
+
+    def rows(self, stage: str) -> int:
+        """Rows through ``stage`` so far, over all shards."""
+        return sum(shard.rows(stage) for shard in self.shards)
+
+    def get(self) -> RunMetrics:
+        """All shards' observations merged (into a new one: what Ray hands back is read-only)."""
+        parts = [shard.get() for shard in self.shards]
+        return functools.reduce(RunMetrics.merge, parts, RunMetrics(parts[0].embedding.dim))
+
+    def shutdown(self) -> None:
+        """End every shard's actor."""
+        for shard in self.shards:
+            shard.shutdown()
 
 
 class _Timed:

@@ -110,13 +110,17 @@ def start_store_actor(store: Any) -> ActorProxy:
     return start_owner_actor(StoreOwner, MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
 
 
-def start_stats_actor(dim: int) -> ActorProxy:
-    """Start the actor that accumulates the run's metrics: stage latencies and embedding
-    statistics (:class:`~pixlake.platform.pipeline.run_metrics.RunMetrics`)."""
-    from pixlake.platform.pipeline.run_metrics import RunMetrics
+def start_stats(dim: int, shards: int = 1) -> Any:
+    """Start the actors that accumulate the run's metrics: stage latencies and embedding
+    statistics (:class:`~pixlake.platform.pipeline.run_metrics.MetricsShards`)."""
+    from pixlake.platform.pipeline.run_metrics import MetricsShards, RunMetrics
+    from pixlake.platform.pipeline.startup import start_concurrently
 
     # On the driver's node: an actor elsewhere dies with its node, and the job with it.
-    return start_owner_actor(StatsOwner, RunMetrics, dim, pin_to_driver=True, probe="get")
+    def start() -> ActorProxy:
+        return start_owner_actor(StatsOwner, RunMetrics, dim, pin_to_driver=True, probe="get")
+
+    return MetricsShards(list(start_concurrently({str(i): start for i in range(shards)}).values()))
 
 
 def start_governance_actor(settings: Any) -> ActorProxy:
