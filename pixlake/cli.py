@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from pixlake.jobs import (
     corpus,
+    dedup,
     embed,
     encode,
     erase,
@@ -26,7 +27,7 @@ from pixlake.jobs.common import run_main
 
 # In the order `pixlake --help` lists them.
 COMMANDS = (embed.JOB, search.JOB, encode.JOB, serve.JOB, corpus.JOB, train.JOB, erase.JOB, export.JOB, rekey.JOB,
-            evaluate.JOB, plan_index.JOB, reindex.JOB, rollback.JOB)
+            evaluate.JOB, plan_index.JOB, reindex.JOB, rollback.JOB, dedup.JOB)
 
 
 def build_parser() -> argparse.ArgumentParser:

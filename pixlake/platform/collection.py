@@ -8,7 +8,7 @@ erasure and the Serve searcher open collections through it.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
@@ -115,9 +115,16 @@ class QueryCollection:
         """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),
         decrypted: exact ``vector``, opened ``source`` and ``meta``. Export, re-keying and
         re-indexing read the Milvus rows through this: there is no second copy."""
+        return [row for page in self.read_pages(tenant, meta, subject) for row in page]
+
+    def read_pages(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None,
+                   size: int = 1000) -> Iterator[list[dict]]:
+        """:meth:`read` a page of ``size`` stored rows at a time (bounded memory over any
+        collection; a page comes back shorter by the rows of subjects being erased)."""
         expr = build_filter(tenant, meta, subject)
         fields = (R.ID, R.TENANT, R.SUBJECT, R.CONTENT_HASH, R.SOURCE, R.MODEL, R.META, R.NONCE, R.KEY_ID, R.VECTOR)
-        return self.governance.reveal(tenant, self.store.query(expr, fields))
+        for page in self.store.pages(expr, fields, size):
+            yield self.governance.reveal(tenant, page)
 
     def item(self, tenant: str, item_id: str) -> Optional[dict]:
         """One row of a tenant by id, decrypted (``source`` opened), or None when the tenant

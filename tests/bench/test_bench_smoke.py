@@ -220,3 +220,10 @@ def test_peer_pixlake_half(tmp_path):
     out = run_script("peer", "--skip-peer", "--model", "pixlake-tiny", "--ckpt", str(ckpt), "--images", "8",
                      "--out", str(tmp_path))
     assert floats(r"pixlake embed: +([\d.]+) s", out) and "(8 embedded, 0 rejected; vectors encrypted" in out
+
+
+def test_dedup():
+    out = run_script("dedup", "--sizes", "2000,25000", "--exact-check", "5000")
+    exact, ivf = floats(r"2,000 rows \(exact\): .* (\d+)/(\d+) planted", out), floats(r"25,000 rows \(ivf\): .* (\d+)/(\d+) planted", out)
+    assert exact[0] == exact[1] and ivf[0] > 0.9 * ivf[1]  # planted copies (cosine ~0.97) are found whole
+    assert floats(r"index recall ([\d.]+) on the first 5,000", out)[0] > 0.9
