@@ -68,6 +68,8 @@ def run(config: DedupConfig) -> int:
         if not collection.store.exists():
             raise StoreError(f"no collection {config.settings.store.collection} in {config.settings.store.db}")
         for page in collection.read_pages(config.tenant):  # bounded memory: the vectors only are kept
+            if not page:  # every row of the page belongs to an erasure under way
+                continue
             ids += [r["id"] for r in page]
             sources += [r["source"] for r in page]
             vectors.append(np.asarray([r["vector"] for r in page], np.float32))

@@ -122,3 +122,16 @@ def test_a_missing_collection_is_a_clear_error(tmp_path, capsys):
     load_master_key(tmp_path / "keys", create=True)
     code, out, err = _dedup(capsys, tmp_path / "none.db")
     assert code == 2 and "no collection dups" in err
+
+
+def test_a_page_of_erased_rows_only_and_an_empty_tenant(collection, capsys):
+    """The rows come in pages; a page whose every subject is being erased comes back empty."""
+    db, settings, ids, _ = collection
+    with open_collection(settings) as c:
+        for k in range(5):
+            c.governance.ledger.deny("acme", c.governance.tenant_crypto("acme").pseudonym(f"s{k}"), f"erasure-{k}")
+    code, out, err = _dedup(capsys, db, "--tenant", "acme", "--json")
+    assert code == 0, err
+    assert json.loads(out)["rows"] == 0 and json.loads(out)["groups"] == 0
+    code, out, err = _dedup(capsys, db, "--tenant", "nobody", "--json")
+    assert code == 0 and json.loads(out)["rows"] == 0, err
