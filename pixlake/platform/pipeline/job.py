@@ -118,7 +118,7 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         actors = settings.job.concurrency or max(gpus, 1)
         index = store.ensure_collection(dim, fingerprint)
         decode = decode_placement(settings.job.gpu_decode, gpus, preprocess)
-        # The tasks that write report their store retries to the stats actor.
+        # The tasks that write report their store retries to the stats shards.
         stage_store = store.with_metrics(stats) if claimed else store
         pipeline = (
             # Bounded batches keep a task's memory flat however large its input block.

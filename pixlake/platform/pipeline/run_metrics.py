@@ -85,8 +85,9 @@ class RunMetrics:
 
 
 class MetricsShards:
-    """The run's metrics over a few actors, so that no one actor is told of every batch of
-    every stage: one per 16 cluster CPUs, at least 2, as many as the claim shards. Each
+    """The run's metrics over one or more actors, so that no one actor need be told of every
+    batch of every stage: where the tasks write, as many as the claim shards (one per 16
+    cluster CPUs, at least 2); one on milvus-lite and through a store actor. Each
     observation goes to a shard picked at random; reads merge them. Picklable: the stages
     carry it.
 
