@@ -88,7 +88,7 @@ def near_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nd
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     found = _exact_pairs(x, threshold) if n <= EXACT_MAX_ROWS else _indexed_pairs(x, threshold)
-    i, j, s = (np.concatenate(part) for part in zip(*found)) if found else (np.empty(0, np.int64),) * 2 + (np.empty(0, np.float32),)
+    i, j, s = (np.concatenate(part) for part in zip(*found))  # both paths give at least one block
     keep = i < j  # each pair is met from both ends (and each row meets itself)
     i, j, s = i[keep], j[keep], s[keep]
     # The index finds a pair from each end when both ends' lists are probed: keep it once.

@@ -110,7 +110,7 @@ def start_store_actor(store: Any) -> ActorProxy:
     return start_owner_actor(StoreOwner, MilvusStore.configured, store, pin_to_driver=backend_of(store.db) == LITE, probe="exists")
 
 
-def start_stats(dim: int, shards: int = 1) -> Any:
+def start_stats(dim: int, shards: int) -> Any:
     """Start the actors that accumulate the run's metrics: stage latencies and embedding
     statistics (:class:`~pixlake.platform.pipeline.run_metrics.MetricsShards`)."""
     from pixlake.platform.pipeline.run_metrics import MetricsShards, RunMetrics
