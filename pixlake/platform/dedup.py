@@ -89,9 +89,10 @@ def near_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.nd
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     found = _exact_pairs(x, threshold) if n <= EXACT_MAX_ROWS else _indexed_pairs(x, threshold)
     i, j, s = (np.concatenate(part) for part in zip(*found))  # both paths give at least one block
-    keep = i < j  # each pair is met from both ends (and each row meets itself)
-    i, j, s = i[keep], j[keep], s[keep]
-    # The index finds a pair from each end when both ends' lists are probed: keep it once.
+    keep = i != j  # each row meets itself
+    # A pair is met from both ends when each end's probed lists hold the other, and from one
+    # end only when not: keep it once, whichever end found it.
+    i, j, s = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep]), s[keep]
     key = i.astype(np.int64) * n + j
     _, first = np.unique(key, return_index=True)
     return i[first], j[first], s[first].astype(np.float32)

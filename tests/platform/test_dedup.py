@@ -118,3 +118,21 @@ def test_find_duplicates_names_rows_and_tables_them():
     assert first["representative"]["id"] == found.groups[0][0][0] and len(first["members"]) == 2
     empty = find_duplicates([], [], np.zeros((0, DIM), np.float32), 0.9)
     assert empty.table().num_rows == 0 and empty.summary(0)["groups"] == 0
+
+
+def test_a_pair_the_index_finds_from_either_end_is_kept(monkeypatch):
+    """With few lists probed, a pair can be found from one of its rows only. It must be kept
+    whichever end found it (as (min, max)), not only when the smaller row found it."""
+    rng = np.random.default_rng(11)
+    base = rng.normal(size=(400, DIM))
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    far = base + rng.normal(scale=math.sqrt(0.08 / DIM), size=base.shape)  # cosine ~0.96: near list borders too
+    x = np.concatenate([base, far, rng.normal(size=(3000, DIM))]).astype(np.float32)
+    monkeypatch.setattr(dedup, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(dedup, "NPROBE", 2)
+    raw = {(int(a), int(b)) for rows, cols, _ in dedup._indexed_pairs(dedup.unit_rows(x), 0.95)
+           for a, b in zip(rows, cols) if a != b}
+    one_sided = {(a, b) for a, b in raw if (b, a) not in raw}
+    assert one_sided, "the data must include a pair seen from one end only, or this test proves nothing"
+    i, j, _ = near_pairs(x, 0.95)
+    assert set(zip(i.tolist(), j.tolist())) == {(min(a, b), max(a, b)) for a, b in raw}
