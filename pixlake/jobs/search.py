@@ -1,4 +1,5 @@
-"""Text→image or image→image search from the command line: ``pixlake search (--text T | --image PATH)``."""
+"""Search from the command line: ``pixlake search (--text T | --image PATH | --item-id ID)
+[--min-score S] [--collapse-duplicates]``: text→image, image→image, or "more like this"."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import json
 import sys
 from typing import Optional
 
+from pydantic import Field
+
 from pixlake.jobs.command import Job, JobConfig
 from pixlake.jobs.common import add_encoder_flags, add_store_flags, emit, settings_from_flags
 from pixlake.platform.settings import Settings
 
 
-def add_query_flags(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--text`` or ``--image`` (one of them, required), describing what is embedded."""
+def add_query_flags(parser: argparse.ArgumentParser, what: str) -> argparse._MutuallyExclusiveGroup:
+    """``--text`` or ``--image`` (one of them, required), describing what is embedded; the
+    group, for a command with one more kind of query."""
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", help=f"text {what}")
     query.add_argument("--image", help=f"path of {'a query image' if what == 'query' else 'an image to embed'}")
+    return query
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +29,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     add_store_flags(parser)
     add_encoder_flags(parser)
     parser.add_argument("--tenant", help="search only this tenant's rows (default 'default')", default="default")
-    add_query_flags(parser, "query")
+    add_query_flags(parser, "query").add_argument(
+        "--item-id", help='"more like this": search with this stored item\'s own vector, the item left out')
     parser.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    parser.add_argument("--min-score", type=float, help="drop results scoring below this cosine, in [-1, 1]")
+    parser.add_argument("--collapse-duplicates", action="store_true",
+                        help="at most one result per group of near-duplicates (cosine >= 0.95), the best")
     parser.add_argument("--json", action="store_true", help='print a JSON list of {"id", "source", "score", "meta"}')
 
 
@@ -50,25 +59,45 @@ class SearchConfig(QueryConfig):
     """The query, the tenant searched, how many hits and how to print them."""
 
     tenant: str = "default"
-    k: int = 10
+    item_id: Optional[str] = None
+    k: int = Field(10, ge=1, le=1000)
+    min_score: Optional[float] = Field(None, ge=-1, le=1)
+    collapse_duplicates: bool = False
     print_json: bool = False
+
+
+def _similar(config: SearchConfig) -> list[dict]:
+    """Hits of "more like this": no encoder needed, the item's stored vector is the query."""
+    from pixlake.platform.errors import StoreError
+    from pixlake.platform.query import open_collection
+
+    with open_collection(config.settings) as collection:
+        if not collection.store.exists():
+            raise StoreError(f"no collection {config.settings.store.collection} in {config.settings.store.db}")
+        hits = collection.similar(config.tenant, config.item_id, config.k, min_score=config.min_score,
+                                  collapse=config.collapse_duplicates)
+    if hits is None:
+        raise StoreError(f"no item {config.item_id!r} in tenant {config.tenant!r}")
+    return hits
 
 
 def run(config: SearchConfig) -> int:
     """Search; prints ranked hits (or JSON). Returns the exit code."""
     from pixlake.platform.query import open_collection
 
-    fingerprint, vector = config.vector()
-    collection = open_collection(config.settings, fingerprint)
-    try:
-        hits = collection.search(vector, k=config.k, tenant=config.tenant)
-    finally:
-        collection.close()
+    if config.item_id is not None:
+        hits = _similar(config)
+    else:
+        fingerprint, vector = config.vector()
+        with open_collection(config.settings, fingerprint) as collection:
+            hits = collection.search(vector, k=config.k, tenant=config.tenant, min_score=config.min_score,
+                                     collapse=config.collapse_duplicates)
     if config.print_json:
         emit(json.dumps(hits))
     else:
         for rank, h in enumerate(hits, 1):
-            emit(f"{rank:>3}  {h['score']:.4f}  {h['source']}")
+            copies = f"  (+{h['copies']} near-copies)" if h.get("copies") else ""
+            emit(f"{rank:>3}  {h['score']:.4f}  {h['source']}{copies}")
     return 0
 
 

@@ -24,6 +24,9 @@ from pixlake.platform.store import MAX_TOPK, MilvusStore, build_filter, literal
 # local copy, but every `pixlake serve` start builds that copy before searches use it, and
 # it holds the rows a second time in memory. Read at call time: tests lower it.
 LITE_CROSSOVER_ROWS = 200_000
+# A collapsing search fetches this many times the candidates: a hit's copies score close to
+# it, so without more candidates they would take the places of the next distinct hits.
+COLLAPSE_WIDEN = 4
 
 
 def crossover_hint(settings: Settings, rows: int) -> Optional[str]:
@@ -78,19 +81,53 @@ class QueryCollection:
         return max(self.governance.settings.rerank_factor, self.store.index.rerank_factor or 0)
 
     def search(self, vector: np.ndarray, k: int = 10, tenant: str = "default",
-               meta: Optional[Mapping[str, Any]] = None) -> list[dict]:
+               meta: Optional[Mapping[str, Any]] = None, *, min_score: Optional[float] = None,
+               collapse: bool = False, exclude: Optional[str] = None) -> list[dict]:
         """Search one tenant's rows.
 
         Args:
             vector: normalised plaintext query vector.
-            k: number of hits.
+            k: number of hits at most.
             tenant: the tenant searched (queries never cross tenants).
             meta: structured metadata filter (see :func:`~pixlake.platform.store.filters.build_filter`).
+            min_score: hits scoring below it are dropped (fewer than ``k`` may come back).
+            collapse: at most one hit per group of near-duplicates (cosine at least
+                :data:`~pixlake.platform.dedup.DEFAULT_THRESHOLD` to each other), the best;
+                each hit then says in ``copies`` how many candidates it stands for. More
+                candidates are fetched (:data:`COLLAPSE_WIDEN`), so copies rarely cost a slot.
+            exclude: a row id never returned (a "more like this" item itself).
 
         Returns:
-            Hits ``{"id", "source", "score", "meta"}``, best first.
+            Hits ``{"id", "source", "score", "meta"}`` (and ``"copies"`` when collapsing), best first.
         """
+        from pixlake.platform import dedup
+
         vector = np.asarray(vector, np.float32)
+        wanted = k * self.rerank_factor * (COLLAPSE_WIDEN if collapse else 1) + (exclude is not None)
+        rows = [r for r in self._candidates(vector, min(wanted, MAX_TOPK), tenant, meta)
+                if r[R.ID] != exclude and (min_score is None or r["score"] >= min_score)]
+        if collapse and rows:
+            kept = dedup.collapse(np.asarray([r[R.VECTOR] for r in rows], np.float32), k)
+            return [{**self._hit(rows[n]), "copies": copies} for n, copies in kept]
+        return [self._hit(r) for r in rows[:k]]
+
+    def similar(self, tenant: str, item_id: str, k: int = 10, meta: Optional[Mapping[str, Any]] = None, *,
+                min_score: Optional[float] = None, collapse: bool = False) -> Optional[list[dict]]:
+        """"More like this": :meth:`search` with a stored item's own exact vector, the item
+        itself left out. None when the tenant has no such item or its subject is being erased
+        (the caller answers as for an unknown id: another tenant's item is never hinted at)."""
+        row = self.item(tenant, item_id)
+        if row is None:
+            return None
+        return self.search(np.asarray(row[R.VECTOR], np.float32), k, tenant, meta, min_score=min_score,
+                           collapse=collapse, exclude=item_id)
+
+    @staticmethod
+    def _hit(row: dict) -> dict:
+        return {"id": row[R.ID], "source": row[R.SOURCE], "score": round(row["score"], 6), "meta": row[R.META]}
+
+    def _candidates(self, vector: np.ndarray, n: int, tenant: str, meta: Optional[Mapping[str, Any]]) -> list[dict]:
+        """Up to ``n`` decrypted rows nearest to the query, with their exact ``score``, best first."""
         expr = build_filter(tenant, meta)
         gov = self.governance
         fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
@@ -102,14 +139,12 @@ class QueryCollection:
         else:
             searches = [(gov.encrypt_query(tenant, vector), expr)]
         hits = [hit for query, where in searches
-                for hit in self.store.search([query], k=min(k * self.rerank_factor, MAX_TOPK), filter=where,
-                                             output_fields=fields)[0]]
+                for hit in self.store.search([query], k=n, filter=where, output_fields=fields)[0]]
         rows = {}  # by id: a row re-keyed between two of the searches is met twice
         for r in gov.reveal(tenant, hits):
             r["score"] = float(np.dot(r[R.VECTOR], vector))  # exact cosine: both are unit vectors
             rows[r[R.ID]] = r
-        rows = sorted(rows.values(), key=lambda r: -r["score"])
-        return [{"id": r[R.ID], "source": r[R.SOURCE], "score": round(r["score"], 6), "meta": r[R.META]} for r in rows[:k]]
+        return sorted(rows.values(), key=lambda r: -r["score"])
 
     def read(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None) -> list[dict]:
         """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),

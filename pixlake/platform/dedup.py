@@ -225,3 +225,35 @@ def find_duplicates(ids: Sequence[str], sources: Sequence[str], vectors: np.ndar
     return Duplicates(len(ids), threshold, [
         [(ids[g.representative], sources[g.representative], 1.0)] + [(ids[m], sources[m], score) for m, score in g.members]
         for g in groups])
+
+
+def collapse(vectors: np.ndarray, limit: int, threshold: float = DEFAULT_THRESHOLD) -> list[tuple[int, int]]:
+    """Collapse near-duplicates among ranked search results: at most one per group, the best.
+
+    Walks the results best first; a result at least ``threshold`` from one already kept
+    counts as a copy of the best such one and is dropped. Copies are counted among every
+    result given, including those ranked after the ``limit``-th kept one.
+
+    Args:
+        vectors: ``(n, dim)`` exact unit vectors of the results, best first.
+        limit: how many results to keep at most.
+        threshold: cosine in (0, 1] at which two results are copies.
+
+    Returns:
+        ``(position, copies)`` of the kept results, best first: ``copies`` is how many
+        dropped results it stands for.
+    """
+    threshold = check_threshold(threshold)
+    x = np.asarray(vectors, np.float32)
+    kept: list[int] = []
+    copies: list[int] = []
+    for n in range(len(x)):
+        if kept:
+            near = x[kept] @ x[n] >= threshold - SCORE_SLACK
+            if near.any():
+                copies[int(np.argmax(near))] += 1  # the best-ranked kept result it is near
+                continue
+        if len(kept) < limit:
+            kept.append(n)
+            copies.append(0)
+    return list(zip(kept, copies))

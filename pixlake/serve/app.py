@@ -224,7 +224,9 @@ class Ingress:
             vectors.append(await call_replica(self.encoder.embed_pixels, pixels))
         return vectors
 
-    async def _search(self, principal, vector: np.ndarray, k: int, filter: Optional[dict], collection: Optional[str]) -> list[dict]:
+    async def _search(self, principal, vector: Optional[np.ndarray], k: int, filter: Optional[dict],
+                      collection: Optional[str], item_id: Optional[str] = None, min_score: Optional[float] = None,
+                      collapse: bool = False) -> list[dict]:
         if collection is not None and collection != self.settings.collection:
             raise ApiError(404, "unknown_collection", f"collection {collection!r} is not served here")
         try:
@@ -232,7 +234,12 @@ class Ingress:
         except PixlakeError as e:
             raise ApiError(422, "invalid_request", f"filter: {e}") from e
         # the key's tenant, whatever the request says
-        return await call_replica(self.searcher.search, vector, k, principal.tenant, filter)
+        if item_id is None:
+            return await call_replica(self.searcher.search, vector, k, principal.tenant, filter, min_score, collapse)
+        hits = await call_replica(self.searcher.similar, item_id, k, principal.tenant, filter, min_score, collapse)
+        if hits is None:  # the same answer for another tenant's item: never a hint that it exists
+            raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
+        return hits
 
     def _respond(self, hits: list[dict], started: float) -> SearchResponse:
         took_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -243,14 +250,21 @@ class Ingress:
     @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
     @observed("/v1/search", "search")
     async def search(self, body: SearchRequest, request: Request) -> SearchResponse:
-        """Text→image, image→image, or weighted text+image search in the key's tenant."""
+        """Text→image, image→image, weighted text+image, or "more like this" (``item_id``) search in the key's tenant."""
         started = time.perf_counter()
         principal = principal_of(request.scope)
+        if body.item_id is not None:
+            await self._model()  # the fingerprint in the answer
+            hits = await self._search(principal, None, body.k, body.filter, body.collection, body.item_id,
+                                      body.min_score, body.collapse_duplicates)
+            return self._respond(hits, started)
         image = self._b64("image", body.image) if body.image is not None else None
         vectors = await self._embed(body.text, image)
         weights = [body.weights.text, body.weights.image] if body.weights and len(vectors) == 2 else [1.0] * len(vectors)
         vector = combine(vectors, weights)
-        return self._respond(await self._search(principal, vector, body.k, body.filter, body.collection), started)
+        hits = await self._search(principal, vector, body.k, body.filter, body.collection, None, body.min_score,
+                                  body.collapse_duplicates)
+        return self._respond(hits, started)
 
     @api.post("/v1/search/image", response_model=SearchResponse, responses=_ERRORS)
     @observed("/v1/search/image", "search")

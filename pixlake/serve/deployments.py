@@ -97,9 +97,16 @@ class Searcher:
         cursor, tenants = self.collection.governance.ledger.denied_since(cursor)
         return cursor, sorted(tenants)
 
-    def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict]) -> list[dict]:
+    def search(self, vector: np.ndarray, k: int, tenant: str, meta: Optional[dict], min_score: Optional[float] = None,
+               collapse: bool = False) -> list[dict]:
         """Hits for one query vector in one tenant, under a structured metadata filter."""
-        return self.collection.search(vector, k=k, tenant=tenant, meta=meta)
+        return self.collection.search(vector, k=k, tenant=tenant, meta=meta, min_score=min_score, collapse=collapse)
+
+    def similar(self, item_id: str, k: int, tenant: str, meta: Optional[dict], min_score: Optional[float] = None,
+                collapse: bool = False) -> Optional[list[dict]]:
+        """Hits for one of the tenant's items' own vector, the item left out; None when the
+        tenant has no such item (or is erasing its subject)."""
+        return self.collection.similar(tenant, item_id, k, meta, min_score=min_score, collapse=collapse)
 
     def item(self, tenant: str, item_id: str) -> Optional[dict]:
         """Where one of the tenant's items came from (its opened ``source``) and its keyed

@@ -25,7 +25,8 @@ class Weights(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """Body of ``POST /v1/search``: a text, an image, or both (weighted)."""
+    """Body of ``POST /v1/search``: a text, an image, or both (weighted); or a stored item
+    (``item_id``, "more like this")."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,11 +38,20 @@ class SearchRequest(BaseModel):
         None, description="equality (or membership, with a list) on metadata keys; structured, never an expression"
     )
     collection: Optional[str] = Field(None, description="collection to search; default the served one")
+    item_id: Optional[str] = Field(None, min_length=1, max_length=128,
+                                   description="search with this stored item's own vector (\"more like this\"); "
+                                               "the item itself is left out. Not with text or image")
+    min_score: Optional[float] = Field(None, ge=-1, le=1,
+                                       description="drop results scoring below this cosine (fewer than k may come back)")
+    collapse_duplicates: bool = Field(False, description="at most one result per group of near-duplicates (cosine "
+                                                         "at least 0.95 to each other), the best; `copies` on each hit")
 
     @model_validator(mode="after")
     def _one_query(self) -> "SearchRequest":
-        if self.text is None and self.image is None:
-            raise ValueError("give at least one of text or image")
+        if self.item_id is not None and (self.text is not None or self.image is not None):
+            raise ValueError("give item_id alone, without text or image")
+        if self.text is None and self.image is None and self.item_id is None:
+            raise ValueError("give at least one of text or image, or an item_id")
         return self
 
 
@@ -52,6 +62,8 @@ class Hit(BaseModel):
     source: str
     score: float
     meta: dict[str, Any]
+    copies: Optional[int] = Field(None, description="with collapse_duplicates: how many near-duplicates of it "
+                                                    "among the candidates were left out")
 
 
 class SearchResponse(BaseModel):

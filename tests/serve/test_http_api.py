@@ -46,7 +46,8 @@ def test_image_search_finds_itself_within_the_keys_tenant(served):
         body = resp.json()
         assert set(body) == {"results", "model", "took_ms"} and body["model"].startswith("pixlake-tiny:")
         assert body["results"][0]["source"] == str(path) and body["results"][0]["score"] > 0.999
-        assert set(body["results"][0]) == {"id", "source", "score", "meta"}
+        assert set(body["results"][0]) == {"id", "source", "score", "meta", "copies"}
+        assert body["results"][0]["copies"] is None  # counted only when collapsing
 
 
 def test_tenant_isolation_whatever_the_request_says(served):
@@ -133,7 +134,10 @@ def test_missing_scope_for_embed(served):
     "body, field",
     [({}, "text"), ({"text": "x", "k": 0}, "k"), ({"text": "x", "k": 1001}, "k"), ({"text": "x", "extra": 1}, "extra"),
      ({"image": "###"}, "image"), ({"text": "x", "filter": {"bad key!": "v"}}, "filter"),
-     ({"text": "x", "weights": {"text": 0, "image": 0}}, "weights"), ({"text": "x", "collection": "other"}, None)],
+     ({"text": "x", "weights": {"text": 0, "image": 0}}, "weights"), ({"text": "x", "collection": "other"}, None),
+     ({"text": "x", "item_id": "a" * 64}, "item_id"), ({"text": "x", "min_score": 1.01}, "min_score"),
+     ({"text": "x", "min_score": -2}, "min_score"), ({"item_id": ""}, "item_id"), ({"item_id": "a" * 129}, "item_id"),
+     ({"text": "x", "collapse_duplicates": "maybe"}, "collapse_duplicates")],
 )
 def test_invalid_requests_get_4xx_json(served, body, field):
     resp = _post(served, "/v1/search", body)
@@ -245,3 +249,43 @@ def test_serving_with_another_encoder_is_refused(tmp_path):
         check_model_matches(settings)
     with pytest.raises(StoreError, match="no collection"):
         check_model_matches(settings.model_copy(update={"collection": "missing"}))
+
+
+def _ids_by_source(served, headers=A):
+    resp = _post(served, "/v1/search", {"text": "a photo", "k": 1000}, headers=headers)
+    assert resp.status_code == 200, resp.text
+    return {h["source"]: h["id"] for h in resp.json()["results"]}
+
+
+def test_more_like_this_leaves_the_item_out_and_stays_in_the_tenant(served):
+    acme = _ids_by_source(served)
+    item = acme[str(_of(served, "acme")[0])]
+    resp = _post(served, "/v1/search", {"item_id": item, "k": 1000})
+    assert resp.status_code == 200, resp.text
+    shown = {h["id"] for h in resp.json()["results"]}
+    assert item not in shown and shown == set(acme.values()) - {item}  # every other acme row, no globex row
+    by_image = _post(served, "/v1/search", {"image": _b64(_of(served, "acme")[0]), "k": 5}).json()["results"]
+    like = resp.json()["results"][:4]
+    assert [h["id"] for h in like] == [h["id"] for h in by_image if h["id"] != item][:4]  # same ranking as its image
+
+
+def test_more_like_this_of_another_tenants_or_an_unknown_item_is_the_same_404(served):
+    globex_item = next(iter(_ids_by_source(served, B).values()))
+    answers = [_post(served, "/v1/search", {"item_id": i, "k": 3}) for i in (globex_item, "0" * 64, "not-an-id")]
+    for resp in answers:
+        _assert_error(resp, 404, "not_found")
+    assert len({r.json()["message"].replace(i, "") for r, i in zip(answers, (globex_item, "0" * 64, "not-an-id"))}) == 1
+
+
+def test_min_score_and_collapse_duplicates(served, tiny_encoder):
+    query = {"image": _b64(_of(served, "acme")[1]), "k": 1000}
+    everything = _post(served, "/v1/search", query).json()["results"]
+    cut = everything[len(everything) // 2]["score"]
+    above = _post(served, "/v1/search", {**query, "min_score": cut}).json()["results"]
+    assert above == [h for h in everything if h["score"] >= cut] and len(above) < len(everything)
+    collapsed = _post(served, "/v1/search", {**query, "collapse_duplicates": True}).json()["results"]
+    # every candidate is fetched (k covers the tenant): each row is a hit or one of a hit's copies
+    assert sum(1 + h["copies"] for h in collapsed) == len(everything)
+    vectors = tiny_encoder.embed_images([Image.open(h["source"]).convert("RGB") for h in collapsed])
+    near = vectors @ vectors.T - np.eye(len(collapsed))
+    assert near.max() < 0.95 + 1e-3  # no two hits are near-duplicates (the margin: this decode vs the job's)

@@ -163,6 +163,10 @@ class LiveCollection:
         """:meth:`QueryCollection.search` on the live collection."""
         return self._read("search", *args, **kwargs)
 
+    def similar(self, *args: Any, **kwargs: Any) -> Optional[list[dict]]:
+        """:meth:`QueryCollection.similar` on the live collection."""
+        return self._read("similar", *args, **kwargs)
+
     def item(self, tenant: str, item_id: str) -> Optional[dict]:
         """:meth:`QueryCollection.item` on the live collection."""
         return self._read("item", tenant, item_id)
