@@ -307,8 +307,27 @@ def test_keyboard_only_and_phone_sized(browser, demo_app):
     order = [seen.index(x) for x in ("image-file", "add-filter", "k", "search-button", "Find similar")]
     assert order == sorted(order), seen
     first = cards[0]
-    page.keyboard.press("Enter")  # "Find similar" on the first result: it finds itself first
-    page.wait_for_selector("#image-chosen", state="visible")
+    page.keyboard.press("Enter")  # "Find similar" on the first result: more like it, itself left out
+    page.wait_for_selector("#similar-to", state="visible")
     page.wait_for_function("() => !document.querySelector('#search-button').disabled")
-    assert _cards(page)[0]["id"] == first["id"]
+    like = _api_search(demo_app, {"item_id": first["id"], "k": 24})
+    assert [c["id"] for c in _cards(page)] == [h["id"] for h in like] and first["id"] not in {h["id"] for h in like}
+    assert page.js_errors == []
+
+
+def test_hide_copies_shows_one_result_per_near_duplicate_group(browser, demo_app):
+    page = _open(browser, demo_app)
+    page.check("#collapse")
+    cards = _search_text(page, "a red star")
+    collapsed = _api_search(demo_app, {"text": "a red star", "k": 24, "collapse_duplicates": True})
+    assert [c["id"] for c in cards] == [h["id"] for h in collapsed]
+    notes = page.eval_on_selector_all("#results li", "cards => cards.map(c => c.querySelector('.copies')?.textContent || '')")
+    assert notes == [f"+{h['copies']} {'copy' if h['copies'] == 1 else 'copies'} hidden" if h["copies"] else ""
+                     for h in collapsed]
+    plain = [h["id"] for h in _api_search(demo_app, {"text": "a red star", "k": 24})]
+    assert sum(h["copies"] for h in collapsed) > 0 and plain != [h["id"] for h in collapsed]  # the corpus has copies
+    page.uncheck("#collapse")
+    page.click("#search-button")
+    page.wait_for_function("() => !document.querySelector('#search-button').disabled")
+    assert [c["id"] for c in _cards(page)] == plain
     assert page.js_errors == []

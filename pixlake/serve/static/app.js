@@ -19,7 +19,8 @@ const MESSAGES = {
 };
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, imageName: "", controller: null, objectUrls: [], generation: 0 };
+// similar: the result a "more like this" search starts from ({id, name}), or null
+const state = { image: null, imageName: "", similar: null, controller: null, objectUrls: [], generation: 0 };
 
 function apiKey() {
   return sessionStorage.getItem(KEY_STORAGE) || "";
@@ -124,14 +125,19 @@ function readFilters() {
 function buildQuery() {
   const text = $("q").value.trim();
   const body = { k: Number($("k").value) };
+  if ($("collapse").checked) body.collapse_duplicates = true;
+  const filter = readFilters();
+  if (filter) body.filter = filter;
+  if (state.similar) {  // the stored item's own vector: no text or image with it
+    body.item_id = state.similar.id;
+    return body;
+  }
   if (text) body.text = text;
   if (state.image) body.image = bytesToBase64(state.image);
   if (text && state.image) {
     const w = Number($("weight").value) / 100;
     body.weights = { text: 1 - w, image: w };
   }
-  const filter = readFilters();
-  if (filter) body.filter = filter;
   return body;
 }
 
@@ -144,7 +150,7 @@ async function search(event) {
     return;
   }
   const body = buildQuery();
-  if (!body.text && !body.image) {
+  if (!body.text && !body.image && !body.item_id) {
     setStatus("Type a description or choose an image to search.");
     $("q").focus();
     return;
@@ -239,6 +245,12 @@ function render(hits) {
     meta.className = "meta";
     meta.textContent = describeMeta(hit.meta);
     info.append(score, source, meta);
+    if (hit.copies) {
+      const copies = document.createElement("span");
+      copies.className = "copies";
+      copies.textContent = `+${hit.copies} ${hit.copies === 1 ? "copy" : "copies"} hidden`;
+      info.append(copies);
+    }
     const similar = document.createElement("button");
     similar.type = "button";
     similar.textContent = "Find similar";
@@ -289,16 +301,20 @@ async function loadThumbnail(hit, i, generation) {
 }
 
 async function findSimilar(hit, i) {
-  const card = $("results").children[i];
-  if (!card || !card.thumbBlob) {
-    setStatus("That result has no preview to search with.");
-    return;
-  }
-  await setImage(new Uint8Array(await card.thumbBlob.arrayBuffer()), `result ${i + 1}: ${basename(hit.source)}`,
-                 card.thumbBlob);
+  // The result's own stored vector is the query (the service leaves the result itself out).
+  state.similar = { id: hit.id, name: `result ${i + 1}, ${basename(hit.source)}` };
+  $("similar-name").textContent = state.similar.name;
+  $("similar-to").hidden = false;
   $("q").value = "";
+  if (state.image) clearImage(false);
   updateWeight();
   await search();
+}
+
+function clearSimilar() {
+  state.similar = null;
+  $("similar-to").hidden = true;
+  $("q").focus();
 }
 
 // --- the query image ------------------------------------------------------------------------
@@ -317,16 +333,17 @@ async function setImage(bytes, name, blob) {
 
 async function chooseFile(file) {
   if (!file) return;
+  if (state.similar) clearSimilar();
   await setImage(new Uint8Array(await file.arrayBuffer()), file.name, file);
 }
 
-function clearImage() {
+function clearImage(focus = true) {
   state.image = null;
   state.imageName = "";
   $("image-file").value = "";
   $("image-chosen").hidden = true;
   updateWeight();
-  $("image-file").focus();
+  if (focus) $("image-file").focus();
 }
 
 function updateWeight() {
@@ -398,7 +415,11 @@ function init() {
   });
   $("search-form").addEventListener("submit", search);
   $("cancel-button").addEventListener("click", () => state.controller && state.controller.abort("cancel"));
-  $("q").addEventListener("input", updateWeight);
+  $("q").addEventListener("input", () => {
+    if (state.similar && $("q").value.trim()) clearSimilar();  // typing starts a new query
+    updateWeight();
+  });
+  $("clear-similar").addEventListener("click", clearSimilar);
   $("weight").addEventListener("input", updateWeight);
   $("image-file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
   $("clear-image").addEventListener("click", clearImage);
