@@ -32,6 +32,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     parser.add_argument("--metrics-file", type=Path,
                         help="write the run's Prometheus metrics here (node_exporter textfile collector, Pushgateway)")
+    parser.add_argument("--near-duplicates", choices=["keep", "skip", "link"],
+                        help="an image near a stored one or an earlier one of the run (cosine >= --near-threshold): keep "
+                        "it (default), skip it (not stored; the report lists it) or link it (near_duplicate_of in its meta)")
+    parser.add_argument("--near-threshold", type=float, help="cosine in (0, 1] for --near-duplicates (default 0.95)")
     parser.add_argument("--no-encryption", action="store_true",
                         help="opt out of vector encryption and source sealing (rows stored in plaintext)")
 
@@ -42,7 +46,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
         args,
         job={"batch_size": args.batch_size, "concurrency": args.concurrency, "tenant": args.tenant, "report": args.report,
              "allow_manifest_tenants": args.allow_manifest_tenants or None, "metrics_file": args.metrics_file,
-             "gpu_decode": args.gpu_decode or None},
+             "gpu_decode": args.gpu_decode or None, "near_duplicates": args.near_duplicates,
+             "near_threshold": args.near_threshold},
         governance={"encryption": False if args.no_encryption else None},
     )
 

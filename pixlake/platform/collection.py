@@ -127,7 +127,13 @@ class QueryCollection:
         return {"id": row[R.ID], "source": row[R.SOURCE], "score": round(row["score"], 6), "meta": row[R.META]}
 
     def _candidates(self, vector: np.ndarray, n: int, tenant: str, meta: Optional[Mapping[str, Any]]) -> list[dict]:
-        """Up to ``n`` decrypted rows nearest to the query, with their exact ``score``, best first."""
+        return self.candidates(vector[None, :], n, tenant, meta)[0]
+
+    def candidates(self, vectors: np.ndarray, n: int, tenant: str,
+                   meta: Optional[Mapping[str, Any]] = None) -> list[list[dict]]:
+        """For each query vector, up to ``n`` decrypted rows nearest to it with their exact
+        ``score``, best first (one store search for all the queries). Rows of a subject
+        being erased are left out."""
         expr = build_filter(tenant, meta)
         gov = self.governance
         fields = (R.ID, R.SOURCE, R.META, R.SUBJECT, R.NONCE, R.KEY_ID, R.VECTOR)
@@ -135,16 +141,23 @@ class QueryCollection:
         if len(versions) > 1:
             # A rotation is under way: rows under each version are compared with a query
             # encrypted under that version (another key's query scores them at random).
-            searches = [(gov.encrypt_query(tenant, vector, v), f'{expr} and {R.NONCE} like "{v}:%"') for v in versions]
+            searches = [([gov.encrypt_query(tenant, v, version) for v in vectors], f'{expr} and {R.NONCE} like "{version}:%"')
+                        for version in versions]
         else:
-            searches = [(gov.encrypt_query(tenant, vector), expr)]
-        hits = [hit for query, where in searches
-                for hit in self.store.search([query], k=n, filter=where, output_fields=fields)[0]]
-        rows = {}  # by id: a row re-keyed between two of the searches is met twice
-        for r in gov.reveal(tenant, hits):
-            r["score"] = float(np.dot(r[R.VECTOR], vector))  # exact cosine: both are unit vectors
-            rows[r[R.ID]] = r
-        return sorted(rows.values(), key=lambda r: -r["score"])
+            searches = [([gov.encrypt_query(tenant, v) for v in vectors], expr)]
+        per_query: list[list[dict]] = [[] for _ in vectors]
+        for queries, where in searches:
+            for q, hits in enumerate(self.store.search(queries, k=n, filter=where, output_fields=fields)):
+                per_query[q] += hits
+        unique = {hit[R.ID]: hit for hits in per_query for hit in hits}  # a row near many queries is opened once
+        revealed = {r[R.ID]: r for r in gov.reveal(tenant, list(unique.values()))}
+        out = []
+        for vector, hits in zip(vectors, per_query):
+            rows = [revealed[i] for i in dict.fromkeys(h[R.ID] for h in hits) if i in revealed]  # ids once, in order
+            scores = np.asarray([r[R.VECTOR] for r in rows], np.float32).reshape(len(rows), -1) @ vector if rows else []
+            # exact cosine (both are unit vectors), best first
+            out.append(sorted(({**r, "score": float(sc)} for r, sc in zip(rows, scores)), key=lambda r: -r["score"]))
+        return out
 
     def read(self, tenant: str, meta: Optional[Mapping[str, Any]] = None, subject: Optional[str] = None) -> list[dict]:
         """Every row of a tenant (optionally one subject pseudonym, or a metadata filter),

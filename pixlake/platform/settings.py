@@ -162,6 +162,13 @@ class JobSettings(BaseModel):
         description="decode JPEGs on the encoder's GPU (nvJPEG) instead of CPU tasks; other formats and JPEGs the "
         "GPU cannot reproduce still decode on CPU",
     )
+    near_duplicates: Literal["keep", "skip", "link"] = Field(
+        "keep",
+        description="a new image whose nearest row in its tenant (stored, or earlier in the run) is at or above "
+        "near_threshold: keep it as it is, skip it (not stored; counted in the report), or link it (stored with "
+        "near_duplicate_of in its metadata)",
+    )
+    near_threshold: float = Field(0.95, gt=0, le=1, description="cosine at or above which an image is a near-duplicate")
 
 
 class GovernanceSettings(BaseModel):

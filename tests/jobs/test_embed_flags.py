@@ -19,6 +19,9 @@ TINY_FLAGS = ["--model", TINY[0], "--pretrained", TINY[1]]
         (["{corpus}", "--db", "{file}/under-a-file.db", *TINY_FLAGS], "cannot create the directory"),
         (["{corpus}", "--db", "{tmp}/not-a-db.txt", *TINY_FLAGS], "expected a milvus-lite path"),
         (["{corpus}", "--db", "{tmp}/p.db", "--model", "ViT-B-32", "--pretrained", "{tmp}/missing.pt"], "checkpoint not found"),
+        (["{corpus}", "--db", "{tmp}/p.db", *TINY_FLAGS, "--near-duplicates", "skip", "--near-threshold", "0"],
+         "near_threshold"),
+        (["{corpus}", "--db", "{tmp}/p.db", *TINY_FLAGS, "--near-threshold", "1.5"], "near_threshold"),
     ],
 )
 def test_bad_invocations_fail_with_one_line_and_nonzero_exit(args, message, corpus_dir, tmp_path, capsys):

@@ -26,6 +26,7 @@ from pixlake.platform.pipeline.decode import DecodeImages
 from pixlake.platform.pipeline.embed import EmbedImages
 from pixlake.platform.pipeline.job_store import start_job_store, writes_in_tasks
 from pixlake.platform.pipeline.load import LoadItems
+from pixlake.platform.pipeline.near import KEEP, NearDuplicates
 from pixlake.platform.pipeline.protect import ProtectRows
 from pixlake.platform.pipeline.report import JobReport
 from pixlake.platform.pipeline.run_metrics import Progress, RunMetrics, reporting_progress, timed, write_metrics_file
@@ -151,11 +152,21 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
                 num_cpus=1 if gpus else 0.5,
                 **({"resources": settings.job.encoder_resources} if settings.job.encoder_resources else {}),
             )
-            # One write batch per protect call: the governance actor is asked once per write batch
-            # and tenant, not once per encoder batch.
-            .map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
-                         batch_size=settings.job.write_batch_rows, **tasks)
         )
+        if settings.job.near_duplicates != KEEP:
+            # One actor sees every new row in one order: two new near-copies are handled as a
+            # new image against a stored one (pipeline/near.py).
+            pipeline = pipeline.map_batches(
+                NearDuplicates, fn_constructor_kwargs={
+                    "settings": settings, "store": stage_store, "mode": settings.job.near_duplicates,
+                    "threshold": settings.job.near_threshold,
+                    "candidates": max(settings.governance.rerank_factor, index.rerank_factor or 0)},
+                batch_size=settings.job.write_batch_rows, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.1, **tasks)
+        # One write batch per protect call: the governance actor is asked once per write batch
+        # and tenant, not once per encoder batch.
+        pipeline = pipeline.map_batches(timed("protect", ProtectRows(governance, dim), stats), batch_format="pyarrow",
+                                        batch_size=settings.job.write_batch_rows, **tasks)
         sink = MilvusDatasink(stage_store, fingerprint, settings.job.max_rejections_listed, governance, stats,
                               settings.job.write_batch_rows)
         mark("pipeline")
@@ -191,6 +202,8 @@ def run_embed_job(source: str, settings: Settings, progress: Optional[Progress] 
         erased=totals.get("erased", 0),
         rejected=totals.get("rejected", 0),
         rejections=totals.get("rejections", []),
+        near_duplicates=totals.get("near_duplicates", 0),
+        near_duplicate_rows=totals.get("near_duplicate_rows", []),
         seconds=round(seconds, 3),
         images_per_s=round(totals.get("embedded", 0) / seconds, 2) if seconds else 0.0,
         collection_count=count,

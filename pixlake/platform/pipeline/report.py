@@ -26,6 +26,11 @@ class JobReport:
     erased: int = 0
     rejected: int = 0
     rejections: list[dict] = field(default_factory=list)
+    # --near-duplicates skip|link: rows found near a stored row or an earlier row of the run
+    # (skipped ones are counted in `skipped` too); listed as {"id", "near_duplicate_of",
+    # "stored"} (and "source" when not stored), up to job.max_rejections_listed
+    near_duplicates: int = 0
+    near_duplicate_rows: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     images_per_s: float = 0.0
     collection_count: Optional[int] = None
@@ -63,6 +68,11 @@ class JobReport:
             f"  skipped     {self.skipped} (already embedded or repeated; {self.erased} of erased subjects)",
             f"  rejected    {self.rejected}",
         ]
+        if self.near_duplicates:
+            stored = sum(r["stored"] for r in self.near_duplicate_rows)
+            lines.insert(-1, f"  near-dups   {self.near_duplicates} (of a stored or earlier image"
+                         + (f"; the first {len(self.near_duplicate_rows)} listed, {stored} of them stored and linked)"
+                            if self.near_duplicate_rows else ")"))
         by_code = Counter(r["reason"].split(":", 1)[0] for r in self.rejections)
         for code, n in by_code.most_common(8):
             lines.append(f"    {code:<22} {n}")

@@ -18,6 +18,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
 from pixlake.platform import records as R
+from pixlake.platform.pipeline.near import matched_id
 from pixlake.platform.pipeline.rows import ERASED, OK, REJECTED, SKIPPED
 
 
@@ -65,11 +66,15 @@ class MilvusDatasink(Datasink):
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict:
         started, rows = time.perf_counter(), 0
-        result = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": []}
+        result = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": [], "near_duplicates": 0,
+                  "near_duplicate_rows": []}
         pending: list[dict] = []
         for block in blocks:
             for row in BlockAccessor.for_block(block).to_arrow().to_pylist():
                 rows += 1
+                near = matched_id(row["reason"])  # skipped or linked by the near-duplicate stage
+                if near is not None:
+                    self._near(result, row, near)
                 if row["status"] == OK:
                     pending.append(to_record(row, self.model))
                 elif row["status"] == SKIPPED:
@@ -86,6 +91,13 @@ class MilvusDatasink(Datasink):
         if self.metrics is not None:
             self.metrics.observe_stage("write", time.perf_counter() - started, rows)
         return result
+
+    def _near(self, result: dict, row: dict, matched: str) -> None:
+        result["near_duplicates"] += 1
+        if len(result["near_duplicate_rows"]) < self.max_rejections_listed:
+            # a stored (linked) row's source is sealed by now: it is listed by id only
+            listed = {"id": row["id"], "near_duplicate_of": matched, "stored": row["status"] == OK}
+            result["near_duplicate_rows"].append({**listed, **({} if listed["stored"] else {"source": row["source"]})})
 
     def _denied(self, records: list[dict]) -> set[tuple[str, str]]:
         subjects: dict[str, set[str]] = defaultdict(set)
@@ -108,10 +120,13 @@ class MilvusDatasink(Datasink):
         result["erased"] += len(records) - len(allowed) + taken_back
 
     def on_write_complete(self, write_result) -> None:
-        totals = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": []}
+        totals = {"embedded": 0, "skipped": 0, "erased": 0, "rejected": 0, "rejections": [], "near_duplicates": 0,
+                  "near_duplicate_rows": []}
         for r in write_result.write_returns:
-            for key in ("embedded", "skipped", "erased", "rejected"):
+            for key in ("embedded", "skipped", "erased", "rejected", "near_duplicates"):
                 totals[key] += r[key]
             totals["rejections"].extend(r["rejections"])
-        totals["rejections"] = totals["rejections"][: self.max_rejections_listed]
+            totals["near_duplicate_rows"].extend(r["near_duplicate_rows"])
+        for listed in ("rejections", "near_duplicate_rows"):
+            totals[listed] = totals[listed][: self.max_rejections_listed]
         self.totals = totals
