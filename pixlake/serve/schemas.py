@@ -148,6 +148,9 @@ class ErasureReceipt(BaseModel):
     status: str = Field(description="in_progress, completed or failed (a new request resumes it)")
     steps: list[ErasureStep]
     verified: bool = Field(description="a Strong-consistency count found no row of the subject")
+    near_copies: Optional[int] = Field(None, description="rows of other subjects of the tenant that are near-duplicates "
+                                                         "(cosine >= 0.95) of the subject's images: left in place, a "
+                                                         "count for review (null: not counted)")
 
 
 class ErrorBody(BaseModel):

@@ -227,3 +227,18 @@ def test_dedup():
     exact, ivf = floats(r"2,000 rows \(exact\): .* (\d+)/(\d+) planted", out), floats(r"25,000 rows \(ivf\): .* (\d+)/(\d+) planted", out)
     assert exact[0] == exact[1] and ivf[0] > 0.9 * ivf[1]  # planted copies (cosine ~0.97) are found whole
     assert floats(r"index recall ([\d.]+) on the first 5,000", out)[0] > 0.9
+
+
+def test_dedup_quality():
+    out = run_script("dedup_quality", "--quick")
+    for method in ("demo", "phash"):
+        precision, recall = floats(rf"^RESULT {method}: precision ([\d.]+) recall ([\d.]+) at ", out)
+        assert 0 <= precision <= 1 and 0 <= recall <= 1
+    for transform in ("jpeg", "half", "crop", "rotate", "tone", "text", "flip"):
+        demo, phash = floats(rf"^\| {transform}: [^|]+ \| \d+ \| ([\d.]+) \| ([\d.]+) \|$", out)
+        assert 0 <= demo <= 1 and 0 <= phash <= 1
+        if transform == "jpeg":
+            assert demo >= 0.9  # a low-quality re-compression stays at cosine >= 0.95 with the demo model
+    floats(r"^\| close distinct: two items of one synthetic class \| (\d+) \| ([\d.]+) \(\d+\) \| ([\d.]+) \(\d+\) \|$", out)
+    floats(r"best F1 ([\d.]+) at cosine >= ([\d.]+)", out)
+    floats(r"best F1 ([\d.]+) at distance <= (\d+)", out)

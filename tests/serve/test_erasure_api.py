@@ -52,8 +52,9 @@ def test_erasure_over_http_removes_the_subject_and_keeps_the_identical_image_of_
         time.sleep(0.5)
     assert receipt["status"] == "completed" and receipt["verified"] is True, receipt
     steps = {s["name"]: s for s in receipt["steps"]}
-    assert list(steps) == ["deny", "shred", "delete", "verify", "compact", "purge_sources"]
+    assert list(steps) == ["near_copies", "deny", "shred", "delete", "verify", "compact", "purge_sources"]
     assert steps["delete"]["count"] == 2 and steps["shred"]["count"] == 1 and steps["verify"]["count"] == 0
+    assert receipt["near_copies"] == steps["near_copies"]["count"] == 1  # keep-me's identical image, left in place
     assert "erase-me" not in str(receipt)  # a pseudonym, never the raw id
     # a key without the scope is refused; another tenant's erase key does not see it
     assert _receipt(served, erasure_id, headers=Y).status_code == 403

@@ -1,4 +1,5 @@
-"""GDPR erasure: deny-list → shred keys → delete and verify → compact → purge sources → receipt.
+"""GDPR erasure: count near-copies → deny-list → shred keys → delete and verify → compact →
+purge sources → receipt.
 
 Every step is idempotent and, once done, appended to the ledger; a crash at any point
 leaves a prefix of steps, and running the erasure again (same subject) resumes after the
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
     from pixlake.platform.store import MilvusStore
 
 log = logging.getLogger(__name__)
-STEPS = ("deny", "shred", "delete", "verify", "compact", "purge_sources", "receipt")
+STEPS = ("near_copies", "deny", "shred", "delete", "verify", "compact", "purge_sources", "receipt")
+# Stored rows looked at per image of the subject when counting its near-copies.
+NEAR_CANDIDATES = 100
 FAULT_ENV = "PIXLAKE_FAULT_ERASE_AFTER"  # tests: exit the process right after this step is recorded
 _PAGE = 1000
 
@@ -109,11 +112,14 @@ class Eraser:
 
     def receipt(self, erasure_id: str) -> dict:
         """The receipt: ``erasure_id``, ``subject`` (pseudonym), ``requested_at``, ``completed_at``,
-        ``steps`` (``{"name", "status", "count", "at"}``), ``verified`` (no personal data)."""
+        ``steps`` (``{"name", "status", "count", "at"}``), ``verified``, and ``near_copies``
+        (rows of other subjects near the subject's images, a count; None when not counted).
+        No personal data."""
         state = self.governance.ledger.get(erasure_id)
         steps = [s for s in state["steps"] if s["name"] != "receipt"]
         final = next((s for s in state["steps"] if s["name"] == "receipt"), None)
         verify = next((s for s in steps if s["name"] == "verify"), None)
+        near = next((s for s in steps if s["name"] == "near_copies" and s["status"] == DONE), None)
         failed = bool(steps) and steps[-1]["status"] == "failed"
         return {
             "erasure_id": erasure_id,
@@ -124,12 +130,37 @@ class Eraser:
             "status": "completed" if final else "failed" if failed else "in_progress",
             "steps": steps,
             "verified": bool(verify and verify["status"] == DONE and verify["count"] == 0),
+            "near_copies": near["count"] if near else None,
         }
 
     # --- steps (each returns (count, status) and is safe to repeat) -----------------------------
 
     def _each_store(self, fn) -> int:
         return sum(fn(store) for store in self.store.each_collection())
+
+    def _near_copies(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
+        """How many rows of other subjects of the tenant are near-duplicates of the subject's
+        (cosine at least :data:`~pixlake.platform.dedup.DEFAULT_THRESHOLD`), in the collection
+        the erasure was asked through: a count for a compliance officer to review, never
+        their ids, and nothing of theirs is deleted. Counted first, while the subject's
+        vectors can still be decrypted; a resumed erasure already past the deny cannot."""
+        import numpy as np
+
+        from pixlake.platform.collection import QueryCollection
+        from pixlake.platform.dedup import DEFAULT_THRESHOLD, SCORE_SLACK
+
+        if self.governance.denied(tenant, [pseudonym]) or not self.store.exists():
+            return 0, "skipped"
+        collection = QueryCollection(self.store, self.governance)  # not closed: both are the caller's
+        near: set[str] = set()
+        for page in collection.read_pages(tenant, subject=pseudonym):
+            if not page:
+                continue
+            vectors = np.asarray([r[R.VECTOR] for r in page], np.float32)
+            for hits in collection.candidates(vectors, NEAR_CANDIDATES, tenant):
+                near.update(h[R.ID] for h in hits
+                            if h[R.SUBJECT] != pseudonym and h["score"] >= DEFAULT_THRESHOLD - SCORE_SLACK)
+        return len(near), DONE
 
     def _deny(self, erasure_id: str, tenant: str, pseudonym: str, purge: bool) -> tuple[int, str]:
         # Before the keys go: the sources to purge can only be read while they can be unsealed.
