@@ -242,3 +242,11 @@ def test_dedup_quality():
     floats(r"^\| close distinct: two items of one synthetic class \| (\d+) \| ([\d.]+) \(\d+\) \| ([\d.]+) \(\d+\) \|$", out)
     floats(r"best F1 ([\d.]+) at cosine >= ([\d.]+)", out)
     floats(r"best F1 ([\d.]+) at distance <= (\d+)", out)
+
+
+def test_near_duplicates():
+    out = run_script("near_duplicates", "--quick")
+    found = {m: floats(rf"^\| {m} \| [\d.]+ \| [\d.]+ \| (\d+) \|$", out)[0] for m in ("keep", "skip", "link")}
+    assert found["keep"] == 0 and found["skip"] == found["link"] >= 6  # every planted copy, keep counts none
+    for variant in ("plain", "collapse", "min_score", "similar"):
+        assert floats(rf"^\| {variant} \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out)[0] > 0

@@ -65,3 +65,7 @@ def test_erasure_over_http_removes_the_subject_and_keeps_the_identical_image_of_
     # the erased rows' thumbnails are gone too (they were fetched, so cached, before); keep-me's stays
     assert {i: _thumbnail(served, i) for i in thumbnails} == {i: 200 if i == after[0]["id"] else 404 for i in thumbnails}
     assert not any(h["score"] > 0.999 for h in _search_initech(served, erased_only))  # nothing of erase-me left
+    # "more like this" of an erased item is the 404 of an unknown one; keep-me's item still answers
+    for item_id in thumbnails:
+        resp = requests.post(served["url"] + "/v1/search", json={"item_id": item_id, "k": 3}, headers=X, timeout=60)
+        assert resp.status_code == (200 if item_id == after[0]["id"] else 404), resp.text
