@@ -8,7 +8,7 @@ the exact cosine of the decrypted vectors, subjects being erased left out) and a
 rows this run let through earlier (an in-memory HNSW index of their exact vectors, and an
 exact product within a batch). So two new near-copies are handled as a new image against a
 stored one. That decision must see the run's rows in one order, so the stage is one actor:
-it is in the job only when asked for, and costs a store search per row.
+it is in the job only when asked for, and costs a store search per row (batched).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import pyarrow as pa
 from pixlake.platform.dedup import SCORE_SLACK, check_threshold, unit_rows
 from pixlake.platform.pipeline.rows import OK, SKIPPED
 
-KEEP, SKIP, LINK = "keep", "skip", "link"
-MODES = (KEEP, SKIP, LINK)
+KEEP, SKIP, LINK = "keep", "skip", "link"  # job.near_duplicates
 NEAR_DUPLICATE = "near_duplicate"  # the reason's code: "near_duplicate:<matched id>"
 LINK_KEY = "near_duplicate_of"  # the metadata key a linked row carries
 HNSW_LINKS = 32  # neighbours per node of the run's in-memory index
