@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from pixlake.jobs import (
+    add,
     corpus,
     dedup,
     embed,
@@ -27,7 +28,7 @@ from pixlake.jobs.common import run_main
 
 # In the order `pixlake --help` lists them.
 COMMANDS = (embed.JOB, search.JOB, encode.JOB, serve.JOB, corpus.JOB, train.JOB, erase.JOB, export.JOB, rekey.JOB,
-            evaluate.JOB, plan_index.JOB, reindex.JOB, rollback.JOB, dedup.JOB)
+            evaluate.JOB, plan_index.JOB, reindex.JOB, rollback.JOB, dedup.JOB, add.JOB)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,13 +126,15 @@ class LiveIngest:
 
     def check(self, upload: Upload, model: str) -> Optional[str]:
         """:data:`EXISTS` when the row is stored already for ``model``, None when it is new.
+        The lookup is Bounded (a Milvus server answers without waiting for its next time
+        tick): a row stored in the last seconds is found by :meth:`write`'s Strong check.
 
         Raises:
             IngestRefused: ``erased_subject`` when the subject is on the deny-list.
         """
         if self.governance.denied(upload.tenant, [upload.subject]):
             raise IngestRefused("erased_subject", "this subject was erased from the tenant; its images are refused")
-        return EXISTS if self.store.existing_ids([upload.id], model) else None
+        return EXISTS if self.store.existing_ids([upload.id], model, consistency="Bounded") else None
 
     def write(self, uploads: Sequence[Upload], model: str) -> list[str]:
         """Protect and write embedded uploads; each one's status, in order: :data:`CREATED`,
@@ -152,15 +154,11 @@ class LiveIngest:
                     status[n] = "erased_subject"
             records = [self._record(u, model, added_at) for _, u in allowed]
             protected = crypto.protect(records, keys) if records else []
-            new = self.store.existing_ids([u.id for _, u in allowed], model)  # stored meanwhile: exists
-            todo = [(n, p) for (n, u), p in zip(allowed, protected) if u.id not in new]
-            first: dict[str, int] = {}
-            for n, p in todo:  # the same image twice in one batch: one row
-                first.setdefault(p[R.ID], n)
-            self.store.insert_missing([p for n, p in todo if first[p[R.ID]] == n], model)
-            for n, p in todo:
-                if first[p[R.ID]] == n:
+            written = set(self.store.insert_new(protected, model))  # one Strong check: stored meanwhile is "exists"
+            for n, u in allowed:
+                if u.id in written:
                     status[n] = CREATED
+                    written.discard(u.id)  # the same image twice in one batch: the first is created
             late = self.governance.denied(tenant, sorted({u.subject for _, u in allowed}))
             if late:  # denied while we wrote: take those rows back out
                 gone = [u.id for _, u in allowed if u.subject in late]

@@ -86,11 +86,12 @@ class StoreSettings(BaseModel):
                     "collection's stored rows (an HNSW index over their vectors) once it holds this many "
                     "rows (milvus-lite's own search grows with the rows)",
     )
-    search_consistency: Literal["strong", "bounded"] = Field(
+    search_consistency: Literal["strong", "session", "bounded"] = Field(
         "strong",
         description="Milvus consistency of searches: strong sees every write that returned (a search waits "
-                    "until the server has applied them); bounded may miss rows written in the last few seconds "
-                    "(Serve's default). Reads, counts and erasure checks are always strong",
+                    "until the server has applied them); session sees this client's own writes at once and "
+                    "others' like bounded (Serve's default); bounded may miss rows written in the last few "
+                    "seconds. Reads, counts and erasure checks are always strong",
     )
 
     @field_validator("collection")

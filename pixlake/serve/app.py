@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
+from pixlake.platform.ingest import IngestRefused, json_meta
 from pixlake.platform.query import combine
 from pixlake.platform.sources.reader import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
@@ -43,6 +44,9 @@ from pixlake.serve.schemas import (
     ErasureReceipt,
     ErasureRequest,
     ErrorBody,
+    ItemInfo,
+    ItemUpload,
+    ItemWritten,
     SearchRequest,
     SearchResponse,
 )
@@ -51,7 +55,7 @@ log = logging.getLogger(__name__)
 
 api = FastAPI(title="pixlake", version="0.1.0", description="Multimodal search over pixlake collections.")
 api.include_router(page_router)
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)}
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)}
 # Decoder rejections that mean "wrong kind of file" or "too big" rather than "broken file".
 _REJECTION_STATUS = {"unsupported_format": 415, "not_an_image": 415, "too_large": 413, "decompression_bomb": 413}
 # How long a read waits for Serve to replace a dead encoder or searcher replica (a model
@@ -62,6 +66,12 @@ REPLICA_RETRY_S = 30.0
 # a token per 2 MiB (a 3 MiB 12 MP JPEG draws in about the time of a search here; a demo
 # PNG costs a two-hundredth of a token).
 THUMBNAIL_COST, DRAW_BYTES_PER_TOKEN = 0.1, 2 * 1024 * 1024
+# An upload refused by the Searcher: its HTTP status by refusal code.
+_REFUSAL_STATUS = {"erased_subject": 409, "model_mismatch": 409, "quota_exceeded": 403, "invalid_meta": 422,
+                   "invalid_subject": 422}
+# The freshness probe: how often it searches for a new upload, for how long at most, and how
+# many uploads one ingress replica probes at once (past that, an upload is not probed).
+PROBE_EVERY_S, PROBE_DEADLINE_S, MAX_PROBES = 0.01, 30.0, 32
 
 
 class ApiError(Exception):
@@ -109,11 +119,12 @@ _metrics = Metrics()
 api.add_middleware(RequestGuard)  # before @serve.ingress freezes the app
 
 
-def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
+def observed(route: str, scope: Optional[str] = None, cost: float = 1.0, method: Optional[str] = None):
     """Route decorator: record status and latency in metrics; with ``scope``, declare that
-    the guard must authenticate a key holding it and charge ``cost`` rate-limit tokens."""
+    the guard must authenticate a key holding it and charge ``cost`` rate-limit tokens (for
+    ``method`` only, when a path serves several methods under different scopes)."""
     if scope is not None:
-        guard.require(route, scope, cost)
+        guard.require(route, scope, cost, method)
 
     def wrap(handler):
         @functools.wraps(handler)
@@ -128,7 +139,7 @@ def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
                 status = e.status
                 raise
             finally:
-                _metrics.observe_request(route, request.method if request is not None else "GET", status,
+                _metrics.observe_request(route, request.method if request is not None else method or "GET", status,
                                          time.perf_counter() - started)
 
         return run
@@ -139,8 +150,9 @@ def observed(route: str, scope: Optional[str] = None, cost: float = 1.0):
 async def call_replica(method, *args: Any, retry_s: float = REPLICA_RETRY_S) -> Any:
     """``await method.remote(*args)``, retried while the replica behind it is dead or
     restarting (Serve replaces it): a killed replica costs a client latency, not an error.
-    Only reads go through here (searches, embeddings, descriptions), so a retry never
-    repeats an effect. Still unavailable after ``retry_s``: a 503."""
+    Reads go through here (searches, embeddings, descriptions), and live writes, which are
+    idempotent by row id: a retried write finds its row and answers ``exists``. Still
+    unavailable after ``retry_s``: a 503."""
     deadline, backoff = time.monotonic() + retry_s, 0.05
     while True:
         try:
@@ -171,6 +183,8 @@ class Ingress:
         self.decodes = DecodeGate(self.settings.max_concurrent_decodes)  # query images and thumbnail draws
         _metrics.watch_thumbnail_cache(self.thumbnails.cache)  # hit rate: is 64 MiB per replica enough?
         self._info = None  # model info, fetched from the encoder on first use
+        self._uploads = 0  # uploads in progress in this replica (serve.max_pending_uploads)
+        self._probes: set[asyncio.Task] = set()  # freshness probes running
         self._erasure_poll = asyncio.get_running_loop().create_task(self._evict_erased())
         self._pil = None
 
@@ -353,6 +367,131 @@ class Ingress:
             raise ApiError(404, "not_found", f"no erasure {erasure_id} in this tenant")
         return ErasureReceipt(**receipt)
 
+    async def _read_upload(self, request: Request) -> tuple[bytes, Optional[str], Any]:
+        """The image bytes, subject and metadata of ``POST /v1/items``, multipart or JSON."""
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except StarletteHTTPException:
+                raise
+            except Exception as e:  # a malformed multipart body
+                raise ApiError(400, "bad_request", f"unreadable multipart body: {e}") from e
+            file = form.get("file")
+            if file is None or isinstance(file, str):
+                raise ApiError(422, "invalid_request", "file: a multipart file field named 'file' is required")
+            subject = form.get("subject")
+            if subject is not None and not isinstance(subject, str):
+                raise ApiError(422, "invalid_request", "subject: a text field")
+            meta = form.get("meta")
+            try:
+                meta = json_meta(meta if isinstance(meta, str) else None)
+            except IngestRefused as e:
+                raise ApiError(422, e.code, str(e)) from e
+            return await file.read(self.limits.max_bytes + 1), subject or None, meta
+        if kind == "application/json":
+            try:
+                body = ItemUpload.model_validate_json(await request.body())
+            except ValueError as e:
+                errors = getattr(e, "errors", lambda: [])()
+                first = errors[0] if errors else {}
+                field = ".".join(str(p) for p in first.get("loc", ())) or "body"
+                raise ApiError(422, "invalid_request", f"{field}: {first.get('msg', e)}") from e
+            return self._b64("image", body.image), body.subject, body.meta
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data (file, subject, meta) or "
+                                                      "application/json (image, subject, meta)")
+
+    @api.post("/v1/items", status_code=201, response_model=ItemWritten, openapi_extra={"requestBody": {
+        "required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary"}, "subject": {"type": "string"},
+                "meta": {"type": "string", "description": "a JSON object"}}}},
+            "application/json": {"schema": ItemUpload.model_json_schema()}}}},
+        responses={**_ERRORS, 200: {"model": ItemWritten, "description": "the same image of the same subject is stored already"}})
+    @observed("/v1/items", "ingest", method="POST")
+    async def add_item(self, request: Request) -> JSONResponse:
+        """Add one image to the key's tenant, built as the embed job builds a row (scope ``ingest``).
+
+        201 ``created`` or 200 ``exists`` (the same image of the same subject), with how soon a
+        search finds it. Refused: 409 for an erased subject, 403 past the tenant's quota, 413,
+        415 or 422 for what the safe decoder rejects, 503 with Retry-After when this replica has
+        ``serve.max_pending_uploads`` uploads in progress."""
+        if self._uploads >= self.settings.max_pending_uploads:
+            _metrics.observe_upload("overloaded")
+            raise ApiError(503, "overloaded", f"{self._uploads} uploads in progress; retry shortly", {"Retry-After": "1"})
+        self._uploads += 1
+        try:
+            body, outcome = await self._add_item(request)
+        except ApiError as e:
+            _metrics.observe_upload(e.code)
+            raise
+        finally:
+            self._uploads -= 1
+        _metrics.observe_upload(outcome)
+        return JSONResponse(body.model_dump(), status_code=201 if outcome == "created" else 200)
+
+    async def _add_item(self, request: Request) -> tuple[ItemWritten, str]:
+        principal = principal_of(request.scope)
+        data, subject, meta = await self._read_upload(request)
+        info = await self._model()
+        prepared = await call_replica(self.searcher.prepare_upload, principal.tenant, subject, data, meta,
+                                      info["fingerprint"])
+        if prepared["status"] == "refused":
+            raise ApiError(_REFUSAL_STATUS.get(prepared["code"], 422), prepared["code"], prepared["message"])
+        if prepared["status"] == "exists":
+            return ItemWritten(id=prepared["id"], status="exists", searchable_after_ms=0.0), "exists"
+        upload = prepared["upload"]
+        pixels = await self.decodes.run(self._decode, data)  # the job's safe decode: 413/415/422
+        upload.vector = await call_replica(self.encoder.embed_pixels, pixels)
+        written = await call_replica(self.searcher.write_upload, upload)
+        if written["status"] not in ("created", "exists"):
+            code = written["status"]
+            raise ApiError(_REFUSAL_STATUS.get(code, 409), code, {
+                "erased_subject": "this subject was erased from the tenant; its images are refused",
+                "quota_exceeded": "the tenant is at its row quota (serve.max_rows_per_tenant)"}.get(code, code))
+        if written["status"] == "created":
+            self._probe(principal.tenant, upload.id, upload.vector)
+        return ItemWritten(id=upload.id, status=written["status"],
+                           searchable_after_ms=written["searchable_after_ms"]), written["status"]
+
+    def _probe(self, tenant: str, item_id: str, vector: np.ndarray) -> None:
+        """Measure freshness: search for a new upload until a search returns it."""
+        if len(self._probes) >= MAX_PROBES:
+            return
+        task = asyncio.get_running_loop().create_task(self._freshness(tenant, item_id, vector, time.perf_counter()))
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
+    async def _freshness(self, tenant: str, item_id: str, vector: np.ndarray, answered: float) -> None:
+        while time.perf_counter() - answered < PROBE_DEADLINE_S:
+            try:
+                hits = await call_replica(self.searcher.search, vector, 3, tenant, None)
+            except Exception:  # a probe never fails anything; the next try may answer
+                log.warning("freshness probe search failed", exc_info=True)
+                hits = []
+            if any(h["id"] == item_id for h in hits):
+                _metrics.observe_freshness(time.perf_counter() - answered)
+                return
+            await asyncio.sleep(PROBE_EVERY_S)
+        _metrics.observe_freshness(None)
+
+    @api.get("/v1/items/{item_id}", response_model=ItemInfo, responses=_ERRORS)
+    @observed("/v1/items/{id}", "search", method="GET")
+    async def get_item(self, item_id: str, request: Request) -> ItemInfo:
+        """One of the key's tenant's items: id, metadata and when it was added; never its vector."""
+        info = await call_replica(self.searcher.item_info, principal_of(request.scope).tenant, item_id)
+        if info is None:
+            raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
+        return ItemInfo(**info)
+
+    @api.delete("/v1/items/{item_id}", status_code=204, response_class=Response, responses=_ERRORS)
+    @observed("/v1/items/{id}", "delete", method="DELETE")
+    async def delete_item(self, item_id: str, request: Request) -> Response:
+        """Remove one of the key's tenant's items (scope ``delete``); another tenant's id is a 404."""
+        if not await call_replica(self.searcher.delete_item, principal_of(request.scope).tenant, item_id):
+            raise ApiError(404, "not_found", f"no item {item_id!r} in this tenant")
+        return Response(status_code=204)
+
     @api.get("/healthz", responses=_ERRORS)
     async def healthz(self) -> dict:
         """The process is alive."""
@@ -401,6 +540,6 @@ def build_app(args: dict) -> Any:
     ingress = Ingress.options(ray_actor_options={"num_cpus": 0.1})
     return ingress.bind(
         encoder.bind(settings.model, settings.pretrained),
-        searcher.bind(settings.platform_settings()),
+        searcher.bind(settings.platform_settings(), settings.max_rows_per_tenant),
         settings.model_dump(mode="json"),
     )

@@ -27,7 +27,7 @@ from pixlake.platform.errors import PixlakeError
 
 log = logging.getLogger(__name__)
 
-SCOPES = frozenset({"search", "embed", "erase", "admin"})
+SCOPES = frozenset({"search", "embed", "ingest", "delete", "erase", "admin"})
 ENV_VAR = "PIXLAKE_API_KEYS"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -48,10 +48,16 @@ class ServeSettings(BaseModel):
     rate_per_s: float = Field(50.0, gt=0, description="requests per second per key (429 above)")
     rate_burst: int = Field(100, gt=0, description="burst allowance per key")
     governance: GovernanceSettings = Field(default_factory=GovernanceSettings, description="keys, encryption, re-rank")
-    search_consistency: Literal["strong", "bounded"] = Field(
-        "bounded", description="bounded: a row embedded in the last few seconds may not be found yet, and a "
-                               "Milvus server answers without its wait (~400 ms here) for strong consistency; erased "
-                               "subjects are never returned either way (deny-list)")
+    search_consistency: Literal["strong", "session", "bounded"] = Field(
+        "session", description="session: a Searcher replica finds what it wrote itself (live uploads) at once, and "
+                               "rows written elsewhere (a batch job, another replica) after a few seconds, like bounded; "
+                               "bounded: a row written in the last few seconds may not be found yet; strong: every "
+                               "row, but a Milvus server waits for it (~400 ms here). Erased subjects are never "
+                               "returned either way (deny-list)")
+    max_rows_per_tenant: Optional[int] = Field(None, ge=1, description="live uploads past this many rows of the key's "
+                                                                       "tenant are refused (403 quota_exceeded); none: no limit")
+    max_pending_uploads: int = Field(32, ge=1, le=4096, description="uploads in progress per ingress replica; more are "
+                                                                   "refused 503 with Retry-After (memory stays bounded)")
 
     @field_validator("keys")
     @classmethod

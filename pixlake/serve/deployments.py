@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 MAX_BATCH, BATCH_WAIT_S = 32, 0.005
 # How often each replica looks for erasures taken elsewhere, to evict what it caches.
 ERASURE_POLL_S = 1.0
+# Live uploads are written in batches: a burst shares one protect call and one store write.
+WRITE_BATCH, WRITE_WAIT_S = 64, 0.005
+# Milvus's bound on how stale a Bounded read may be (its gracefulTime default).
+BOUNDED_STALENESS_MS = 5000.0
 
 
 @serve.deployment(name="QueryEncoder", max_ongoing_requests=128)
@@ -65,7 +69,7 @@ class Searcher:
     a ``pixlake reindex`` promotion or a ``pixlake rollback`` is followed within a second,
     with no query failing, when the new version holds this encoder's embeddings."""
 
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Any, max_rows_per_tenant: Optional[int] = None):
         from pixlake.platform.collection import open_collection
         from pixlake.platform.lifecycle import LiveCollection
 
@@ -79,6 +83,11 @@ class Searcher:
         # Across processes, Eraser.run's lock file does the same.
         self._erasing: set[str] = set()
         self._erasing_lock = threading.Lock()
+        # Live uploads: one write batch at a time in this replica (an id checked and written
+        # by one writer), and each tenant's row count for serve.max_rows_per_tenant.
+        self.max_rows_per_tenant = max_rows_per_tenant
+        self._write_lock = threading.Lock()
+        self._rows: dict[str, int] = {}
         threading.Thread(target=self._evict_erased, daemon=True, name="pixlake-erasure-poll").start()
 
     def _evict_erased(self) -> None:
@@ -113,6 +122,103 @@ class Searcher:
         ``content_hash``; None when the tenant has no such row or is erasing its subject."""
         row = self.collection.item(tenant, item_id)
         return None if row is None else {"source": row["source"], "content_hash": row["content_hash"]}
+
+    # --- live uploads (POST, GET, DELETE /v1/items) --------------------------------------------
+
+    def _ingest(self):
+        from pixlake.platform.ingest import LiveIngest
+
+        return LiveIngest(self.collection.store, self.collection.governance)
+
+    @property
+    def searchable_after_ms(self) -> float:
+        """How long after a write this replica's searches see it: at once through its own
+        client (milvus-lite, or a server read at strong or session consistency)."""
+        from pixlake.platform.settings import LITE
+
+        store = self.collection.store
+        return BOUNDED_STALENESS_MS if store.backend != LITE and store.search_consistency == "bounded" else 0.0
+
+    def prepare_upload(self, tenant: str, subject: Optional[str], data: bytes, meta: Any, fingerprint: str) -> dict:
+        """Identify an upload and check it before it is embedded (the keys stay in this
+        process). Returns ``{"status": "exists"|"new", "id", "upload"?}`` or ``{"status":
+        "refused", "code", "message"}``: an erased subject, bad metadata, another encoder, a
+        full quota."""
+        from pixlake.platform.ingest import EXISTS, IngestRefused
+
+        try:
+            if fingerprint != self.collection.model:
+                raise IngestRefused("model_mismatch", f"the collection holds embeddings of {self.collection.model}; "
+                                                      f"this service's encoder makes {fingerprint}")
+            ingest = self._ingest()
+            upload = ingest.identify(tenant, subject, data, meta)
+            if ingest.check(upload, self.collection.model) == EXISTS:
+                return {"status": "exists", "id": upload.id}
+            self._check_quota(tenant, 0)
+        except IngestRefused as e:
+            return {"status": "refused", "code": e.code, "message": str(e)}
+        return {"status": "new", "id": upload.id, "upload": upload}
+
+    def _tenant_rows(self, tenant: str) -> int:
+        if tenant not in self._rows:
+            from pixlake.platform.store import build_filter
+
+            self._rows[tenant] = self.collection.store.count(build_filter(tenant))
+        return self._rows[tenant]
+
+    def _check_quota(self, tenant: str, pending: int) -> None:
+        from pixlake.platform.ingest import IngestRefused
+
+        if self.max_rows_per_tenant is not None and self._tenant_rows(tenant) + pending >= self.max_rows_per_tenant:
+            raise IngestRefused("quota_exceeded", f"the tenant holds {self.max_rows_per_tenant} rows, its quota "
+                                                  "(serve.max_rows_per_tenant)")
+
+    @serve.batch(max_batch_size=WRITE_BATCH, batch_wait_timeout_s=WRITE_WAIT_S)
+    async def write_upload(self, uploads: list[Any]) -> list[dict]:
+        """Protect and write embedded uploads, batched across concurrent requests; each
+        one's ``{"status": created|exists|erased_subject|quota_exceeded, "searchable_after_ms"}``."""
+        return await asyncio.to_thread(self._write, uploads)
+
+    def _write(self, uploads: list[Any]) -> list[dict]:
+        from pixlake.platform.ingest import CREATED, IngestRefused
+
+        with self._write_lock:
+            status: list[Optional[str]] = [None] * len(uploads)
+            todo, pending = [], {}
+            for n, u in enumerate(uploads):
+                try:
+                    self._check_quota(u.tenant, pending.get(u.tenant, 0))
+                except IngestRefused as e:
+                    status[n] = e.code
+                    continue
+                pending[u.tenant] = pending.get(u.tenant, 0) + 1
+                todo.append(n)
+            written = self._ingest().write([uploads[n] for n in todo], self.collection.model)
+            for n, s in zip(todo, written):
+                status[n] = s
+                if s == CREATED and uploads[n].tenant in self._rows:
+                    self._rows[uploads[n].tenant] += 1
+        after = self.searchable_after_ms
+        return [{"status": s, "searchable_after_ms": after} for s in status]
+
+    def item_info(self, tenant: str, item_id: str) -> Optional[dict]:
+        """One of the tenant's items: ``{"id", "meta", "added_at"}`` (never the vector); None
+        when the tenant has no such row or is erasing its subject."""
+        from pixlake.platform.ingest import describe_item
+
+        row = self.collection.item(tenant, item_id)
+        return None if row is None else describe_item(row)
+
+    def delete_item(self, tenant: str, item_id: str) -> bool:
+        """Delete one of the tenant's items from the served collection; False when the tenant
+        has no such row (another tenant's id included)."""
+        if self.collection.item(tenant, item_id) is None:
+            return False
+        with self._write_lock:
+            deleted = self.collection.store.delete(ids=[item_id])
+            if tenant in self._rows:
+                self._rows[tenant] -= deleted
+        return True
 
     def keyed_content_hash(self, tenant: str, digest: str) -> str:
         """The tenant's keyed hash of a plain SHA-256 hex ``digest`` (what a row's

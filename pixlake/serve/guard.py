@@ -45,22 +45,26 @@ class Requirement:
     cost: float  # rate-limit tokens
 
 
-_REQUIREMENTS: list[tuple[re.Pattern, Requirement]] = []
+_REQUIREMENTS: list[tuple[re.Pattern, Optional[str], Requirement]] = []
 
 
-def require(route: str, scope: str, cost: float = 1.0) -> None:
+def require(route: str, scope: str, cost: float = 1.0, method: Optional[str] = None) -> None:
     """Declare that ``route`` (a path template, ``{name}`` for one path segment) needs
-    ``scope`` and costs ``cost`` rate-limit tokens."""
+    ``scope`` and costs ``cost`` rate-limit tokens; with ``method``, only for that method
+    (``GET /v1/items/{id}`` and ``DELETE /v1/items/{id}`` need different scopes)."""
     pattern = re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(route)) + "$")
-    _REQUIREMENTS.append((pattern, Requirement(route, scope, cost)))
+    _REQUIREMENTS.append((pattern, method, Requirement(route, scope, cost)))
 
 
-def requirement(path: str) -> Optional[Requirement]:
-    """The requirement of a request path, or None for an open route (health, page, metrics)."""
-    for pattern, req in _REQUIREMENTS:
-        if pattern.match(path):
+def requirement(path: str, method: str = "GET") -> Optional[Requirement]:
+    """The requirement of a request, or None for an open route (health, page, metrics). A
+    method the route does not declare falls to the route's first requirement, so an unknown
+    method on a guarded path is still authenticated before FastAPI answers 405."""
+    matched = [(m, req) for pattern, m, req in _REQUIREMENTS if pattern.match(path)]
+    for m, req in matched:
+        if m is None or m == method:
             return req
-    return None
+    return matched[0][1] if matched else None
 
 
 class BodyTooLarge(HTTPException):
@@ -104,7 +108,7 @@ class RequestGuard:
         if scope["type"] != "http" or config is None:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        req = requirement(scope.get("path", ""))
+        req = requirement(scope.get("path", ""), scope.get("method", "GET"))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         refusal = self._check(config, req, scope, headers)
         if refusal is not None:

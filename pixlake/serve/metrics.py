@@ -20,6 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 # 1 ms .. 10 s: cached health checks sit at the bottom, CPU image encodes near the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Freshness of a live upload, seconds from its 2xx to the first search that returns it.
+FRESHNESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_KINDS = ("text", "image")
 
 
@@ -57,6 +59,18 @@ class Metrics:
             ("deployment",), registry=self.registry,
         )
 
+        self.ingest_requests_total = Counter(
+            "pixlake_ingest_requests_total", "Live uploads (POST /v1/items) by outcome: created, exists, or the "
+            "refusal's error code", ("status",), registry=self.registry,
+        )
+        self.ingest_freshness_seconds = Histogram(
+            "pixlake_ingest_freshness_seconds", "Seconds from a created upload's answer to the first search that "
+            "returns it (measured by searching for it)", buckets=FRESHNESS_BUCKETS, registry=self.registry,
+        )
+        self.ingest_freshness_timeouts_total = Counter(
+            "pixlake_ingest_freshness_timeouts_total", "Created uploads no search returned within the probe's "
+            "deadline", registry=self.registry,
+        )
         self._thumbnail_cache: Optional[_ThumbnailCacheCollector] = None
 
     def watch_thumbnail_cache(self, cache: Any) -> None:
@@ -80,6 +94,17 @@ class Metrics:
         """
         self.requests_total.labels(route=route, method=method.upper(), status=str(int(status))).inc()
         self.request_latency_seconds.labels(route=route).observe(max(0.0, seconds))
+
+    def observe_upload(self, outcome: str) -> None:
+        """Record one live upload's outcome (``created``, ``exists`` or a refusal's code)."""
+        self.ingest_requests_total.labels(status=outcome).inc()
+
+    def observe_freshness(self, seconds: Optional[float]) -> None:
+        """Record how long a created upload took to show in a search (None: never, within the deadline)."""
+        if seconds is None:
+            self.ingest_freshness_timeouts_total.inc()
+        else:
+            self.ingest_freshness_seconds.observe(max(0.0, seconds))
 
     def observe_replica_retry(self, deployment: str) -> None:
         """Record one call retried because the replica behind it died or was restarting."""

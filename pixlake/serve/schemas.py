@@ -96,6 +96,34 @@ class EmbedResponse(BaseModel):
     model: str
 
 
+class ItemUpload(BaseModel):
+    """JSON body of ``POST /v1/items`` (multipart takes ``file``, ``subject`` and ``meta`` form fields instead)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(min_length=1, description="base64-encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF)")
+    subject: Optional[str] = Field(None, min_length=1, max_length=512,
+                                   description="the data subject the image belongs to (erasure removes it with them)")
+    meta: Optional[dict[str, Any]] = Field(None, description="metadata: plain keys to strings, numbers or booleans")
+
+
+class ItemWritten(BaseModel):
+    """An upload was written (201) or was there already (200)."""
+
+    id: str = Field(description="the row id: the same image of the same subject is always the same id")
+    status: str = Field(description="created or exists")
+    searchable_after_ms: float = Field(description="how long after this answer a search finds it, given the "
+                                                   "store's consistency (0: at once)")
+
+
+class ItemInfo(BaseModel):
+    """One stored item: never its vector."""
+
+    id: str
+    meta: dict[str, Any]
+    added_at: Optional[str] = Field(description="when a live upload wrote it (UTC); null for a row a batch job wrote")
+
+
 class CollectionInfo(BaseModel):
     """A served collection."""
 

@@ -14,7 +14,8 @@ from pixlake.platform.errors import ConfigError
 # The arguments each command needs besides --config (nothing runs: only the config is built).
 REQUIRED = {"embed": ["src"], "search": ["--text", "x"], "encode": ["--text", "x"], "serve": [], "corpus": None,
             "train": None, "erase": ["--subject", "s"], "export": ["--subject", "s"], "rekey": [],
-            "evaluate": ["manifest.parquet"], "plan-index": [], "reindex": [], "rollback": [], "dedup": []}
+            "evaluate": ["manifest.parquet"], "plan-index": [], "reindex": [], "rollback": [], "dedup": [],
+            "add": ["img.png"]}
 SETTINGS = ("store:\n  db: /data/p.db\n  collection: photos\nencoder:\n  model: pixlake-tiny\n  pretrained: none\n"
             "governance:\n  beta: 0.5\n")
 

@@ -76,14 +76,14 @@ def test_an_erased_subject_is_refused_and_stays_erased(opened):
 def test_a_denial_while_writing_takes_the_row_back(opened, monkeypatch):
     ingest = LiveIngest(opened.store, opened.governance)
     u = _upload(ingest, b"y", subject="carol")
-    insert = opened.store.insert_missing
+    insert = opened.store.insert_new
 
     def insert_then_deny(rows, model):  # the erasure's deny lands between the write and the re-check
         written = insert(rows, model)
         opened.governance.ledger.deny("acme", u.subject, "erasure-2")
         return written
 
-    monkeypatch.setattr(opened.store, "insert_missing", insert_then_deny)
+    monkeypatch.setattr(opened.store, "insert_new", insert_then_deny)
     assert ingest.write([u], MODEL) == ["erased_subject"]
     assert opened.store.count() == 0
 

@@ -9,6 +9,11 @@ import pytest
 from tests.conftest import SERVED_MAX_BODY_BYTES, TINY, TINY_BETA, free_port, tiny_settings
 
 KEYS = "ka:acme:search+embed,kf:acme:search+embed,kb:globex:search,ke:acme:embed,kr:acme:search,kx:initech:search+erase,ky:initech:search,kz:globex:erase"
+# Live uploads (tests/serve/test_items_api.py) go to tenants no other test reads.
+KEYS += (",ki:umbrella:search+ingest+delete+erase,kn:umbrella:search,kj:acme:ingest+search,kq:quota:ingest+search"
+         ",kc:crash:ingest+search")
+ITEMS_QUOTA = 30  # serve.max_rows_per_tenant
+MAX_PENDING_UPLOADS = 4
 LOAD_KEYS = [f"kl{i}" for i in range(6)]  # test_replica_faults.py's steady load: its own rate-limit buckets
 KEYS += "".join(f",{k}:{'acme' if i % 2 else 'globex'}:search" for i, k in enumerate(LOAD_KEYS))
 ERASABLE = 3  # tenant initech: subject "erase-me" owns 2 of these images, "keep-me" 1 (identical to one of the 2)
@@ -39,7 +44,7 @@ def served(ray_session, tmp_path_factory):
     settings = ServeSettings(
         db=str(db), collection="images", model=TINY[0], pretrained=TINY[1], keys=parse_api_keys(KEYS),
         rate_per_s=0.5, rate_burst=150, max_body_bytes=SERVED_MAX_BODY_BYTES, max_image_bytes=1_000_000, max_image_pixels=4_000_000,
-        governance={"beta": TINY_BETA},
+        governance={"beta": TINY_BETA}, max_rows_per_tenant=ITEMS_QUOTA, max_pending_uploads=MAX_PENDING_UPLOADS,
     )
     url = run.start(settings, "127.0.0.1", free_port())
     from pixlake.platform.governance.service import governance_dir

@@ -27,13 +27,13 @@ def test_serve_yaml_validates_against_rays_schema_and_ours():
     assert encoder.ray_actor_options.num_gpus == 1
 
 
-def test_serve_searches_with_bounded_consistency_unless_told_otherwise():
+def test_serve_searches_with_session_consistency_unless_told_otherwise():
     import pytest
     from pydantic import ValidationError
 
     from pixlake.serve.config import ServeSettings
 
-    assert ServeSettings().platform_settings().store.search_consistency == "bounded"
+    assert ServeSettings().platform_settings().store.search_consistency == "session"  # a replica sees its uploads
     assert ServeSettings(search_consistency="strong").platform_settings().store.search_consistency == "strong"
     with pytest.raises(ValidationError):
         ServeSettings(search_consistency="eventually")

@@ -189,7 +189,6 @@ class MilvusStore(CollectionAdmin):
         local_index.written(self.uri, self.collection, rows)
         return written
 
-    @store_call
     def insert_missing(self, rows: Sequence[Mapping[str, Any]], model: str) -> int:
         """Write the rows whose id is not yet stored for ``model``; returns how many were new.
 
@@ -198,13 +197,19 @@ class MilvusStore(CollectionAdmin):
         makes the pair atomic by writing through one store actor (milvus-lite) or by giving
         each id one writer (a server; :mod:`pixlake.platform.pipeline.claims`).
         """
+        return len(self.insert_new(rows, model))
+
+    @store_call
+    def insert_new(self, rows: Sequence[Mapping[str, Any]], model: str) -> list[str]:
+        """:meth:`insert_missing`, returning the ids it wrote (live ingest answers each
+        upload ``created`` or ``exists`` from them)."""
         unique = {r[R.ID]: r for r in rows}
         existing = self.existing_ids(unique, model)
         new = [dict(r) for i, r in unique.items() if i not in existing]
         if new:
             self._client.insert(self.collection, new)
             local_index.written(self.uri, self.collection, new)
-        return len(new)
+        return [r[R.ID] for r in new]
 
     @store_call
     def existing_ids(self, ids: Iterable[str], model: str, consistency: str = "Strong") -> set[str]:
