@@ -33,6 +33,9 @@ ROUTES = [  # (method, path, a body FastAPI would refuse with 422, needed scope)
     ("GET", "/v1/items/x/thumbnail?size=99999", {}, "search"),
     ("GET", "/v1/erasures/x", {}, "erase"),
     ("GET", "/v1/collections", {}, "search"),
+    ("POST", "/v1/items", {"json": {"image": ""}}, "ingest"),
+    ("GET", "/v1/items/x", {}, "search"),
+    ("DELETE", "/v1/items/x", {}, "delete"),
 ]
 
 
