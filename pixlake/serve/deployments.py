@@ -35,7 +35,7 @@ class QueryEncoder:
         from pixlake.serve.metrics import Metrics
 
         self.encoder = load_encoder(model, pretrained)
-        self.metrics = Metrics()
+        self.metrics = Metrics(ingest=False)
 
     def info(self) -> dict[str, Any]:
         """Fingerprint, dimension and preprocessing of the loaded model."""

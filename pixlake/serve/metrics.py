@@ -40,7 +40,7 @@ class Metrics:
             ``pixlake_thumbnail_cache_bytes`` and ``pixlake_thumbnail_cache_entries``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ingest: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests_total = Counter(
             "pixlake_requests_total", "HTTP requests handled, by route template, method and status code",
@@ -59,18 +59,22 @@ class Metrics:
             ("deployment",), registry=self.registry,
         )
 
-        self.ingest_requests_total = Counter(
-            "pixlake_ingest_requests_total", "Live uploads (POST /v1/items) by outcome: created, exists, or the "
-            "refusal's error code", ("status",), registry=self.registry,
-        )
-        self.ingest_freshness_seconds = Histogram(
-            "pixlake_ingest_freshness_seconds", "Seconds from a created upload's answer to the first search that "
-            "returns it (measured by searching for it)", buckets=FRESHNESS_BUCKETS, registry=self.registry,
-        )
-        self.ingest_freshness_timeouts_total = Counter(
-            "pixlake_ingest_freshness_timeouts_total", "Created uploads no search returned within the probe's "
-            "deadline", registry=self.registry,
-        )
+        # The live-ingest families exist in the ingress only: the encoder's exposition is merged
+        # into the ingress's, and an unlabelled family declared in both would show twice.
+        self.ingest_requests_total = self.ingest_freshness_seconds = self.ingest_freshness_timeouts_total = None
+        if ingest:
+            self.ingest_requests_total = Counter(
+                "pixlake_ingest_requests_total", "Live uploads (POST /v1/items) by outcome: created, exists, or the "
+                "refusal's error code", ("status",), registry=self.registry,
+            )
+            self.ingest_freshness_seconds = Histogram(
+                "pixlake_ingest_freshness_seconds", "Seconds from a created upload's answer to the first search that "
+                "returns it (measured by searching for it)", buckets=FRESHNESS_BUCKETS, registry=self.registry,
+            )
+            self.ingest_freshness_timeouts_total = Counter(
+                "pixlake_ingest_freshness_timeouts_total", "Created uploads no search returned within the probe's "
+                "deadline", registry=self.registry,
+            )
         self._thumbnail_cache: Optional[_ThumbnailCacheCollector] = None
 
     def watch_thumbnail_cache(self, cache: Any) -> None:

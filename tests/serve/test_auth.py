@@ -74,7 +74,7 @@ def test_parse_empty_spec_means_no_keys(spec):
 
 
 def test_parse_all_scopes():
-    (record,) = parse_api_keys("k:t:search+embed+erase+admin")
+    (record,) = parse_api_keys("k:t:search+embed+ingest+delete+erase+admin")
     assert record.scopes == SCOPES
 
 

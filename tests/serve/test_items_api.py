@@ -18,6 +18,7 @@ from PIL import Image
 
 from tests.badinputs import write_bad_input_corpus
 from tests.serve.conftest import ITEMS_QUOTA
+from tests.serve.test_http_api import BAD_IMAGE_ANSWERS
 
 I = {"Authorization": "Bearer ki"}  # umbrella: search + ingest + delete + erase
 N = {"Authorization": "Bearer kn"}  # umbrella: search only
@@ -118,12 +119,10 @@ def test_refusals_are_json_4xx_naming_the_reason(served, images, tmp_path):
            "invalid_request")
     _error(requests.post(f"{url}/v1/items", data=b"{not json", headers={**I, "Content-Type": "application/json"},
                          timeout=30), 422, "invalid_request")
-    bad = write_bad_input_corpus(tmp_path / "bad")
-    expected = {"truncated.jpg": (422, "undecodable_image"), "text.jpg": (415, "unsupported_media_type"),
-                "bomb.png": (413, "payload_too_large")}
-    for name, (status, code) in expected.items():
-        path = next(p for p in bad if p.name == name)
-        _error(_multipart(url, path), status, code)
+    _, reject = write_bad_input_corpus(tmp_path / "bad")
+    assert set(reject) == set(BAD_IMAGE_ANSWERS)
+    for name, path in reject.items():  # the search's answers: the same safe decoder
+        _error(_json(url, path.read_bytes()), *BAD_IMAGE_ANSWERS[name])
 
 
 def test_an_erased_subjects_upload_is_refused_and_the_subject_stays_erased(served, images):
@@ -233,9 +232,11 @@ def test_a_searcher_killed_under_upload_load_loses_no_acknowledged_upload(served
         t.join()
     acknowledged = {i: r.json()["id"] for i, r in answers.items() if not isinstance(r, str) and r.status_code in (200, 201)}
     refused = {i: r for i, r in answers.items() if i not in acknowledged}
-    assert len(acknowledged) >= len(answers) // 2, {i: getattr(r, "status_code", r) for i, r in answers.items()}
-    for r in refused.values():  # a 503 while the replica came back, never a 500
-        assert isinstance(r, str) or (r.status_code == 503 and r.json()["error"] == "unavailable"), r
+    shown = {i: (r.status_code, r.json().get("error")) if not isinstance(r, str) else r for i, r in answers.items()}
+    assert len(acknowledged) > 9, shown  # those before the kill, and some after it
+    for r in refused.values():  # while the replica comes back: 503 (uploads wait for it, the rest are turned away)
+        assert not isinstance(r, str) and r.status_code == 503 and r.json()["error"] in ("unavailable", "overloaded"), shown
+        assert r.headers["Retry-After"]
     for i, item_id in acknowledged.items():
         assert requests.get(f"{url}/v1/items/{item_id}", headers=C, timeout=60).status_code == 200
         r = requests.post(f"{url}/v1/search", json={"image": base64.b64encode(_png(1000 + i)).decode(), "k": 1},
