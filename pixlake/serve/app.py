@@ -71,7 +71,7 @@ _REFUSAL_STATUS = {"erased_subject": 409, "model_mismatch": 409, "quota_exceeded
                    "invalid_subject": 422}
 # The freshness probe: how often it searches for a new upload, for how long at most, and how
 # many uploads one ingress replica probes at once (past that, an upload is not probed).
-PROBE_EVERY_S, PROBE_DEADLINE_S, MAX_PROBES = 0.01, 30.0, 32
+PROBE_EVERY_S, PROBE_DEADLINE_S, MAX_PROBES = 0.025, 30.0, 8
 
 
 class ApiError(Exception):

@@ -250,3 +250,12 @@ def test_near_duplicates():
     assert found["keep"] == 0 and found["skip"] == found["link"] >= 6  # every planted copy, keep counts none
     for variant in ("plain", "collapse", "min_score", "similar"):
         assert floats(rf"^\| {variant} \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$", out)[0] > 0
+
+
+def test_ingest():
+    out = run_script("ingest", "--quick")
+    created, sustained = floats(r"uploads +(\d+) created, ([\d.]+)/s sustained", out)
+    assert created > 0 and sustained > 0
+    p50, p99 = floats(r"freshness +p50 ([\d.]+) ms, p99 ([\d.]+) ms", out)
+    assert 0 <= p50 <= p99
+    floats(r"search +quiet p50 ([\d.]+) ms p99 ([\d.]+) ms; during uploads p50 ([\d.]+) ms p99 ([\d.]+) ms", out)
