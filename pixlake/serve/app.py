@@ -5,8 +5,6 @@ Every client mistake is answered 4xx with an :class:`~pixlake.serve.schemas.Erro
 """
 
 import asyncio
-import base64
-import binascii
 import functools
 import logging
 import time
@@ -22,12 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixlake.platform.errors import PixlakeError
 from pixlake.platform.images import DecodeLimits, Rejection, decode_image
-from pixlake.platform.ingest import IngestRefused, json_meta
 from pixlake.platform.query import combine
 from pixlake.platform.sources.reader import SourceTooLarge, SourceUnavailable
 from pixlake.platform.store import build_filter
 from pixlake.platform.thumbnails import DEFAULT_SIDE, MAX_SIDE, MIN_SIDE, SIDES, Thumbnailer, ThumbnailError, ladder_side
 from pixlake.serve import guard
+from pixlake.serve.api_errors import ApiError, b64
 from pixlake.serve.auth import KeyStore, RateLimiter
 from pixlake.serve.config import ServeSettings
 from pixlake.serve.deployments import ERASURE_POLL_S, QueryEncoder, Searcher
@@ -35,6 +33,7 @@ from pixlake.serve.guard import GuardConfig, RequestGuard, principal_of
 from pixlake.serve.metrics import Metrics
 from pixlake.serve.offload import DecodeGate
 from pixlake.serve.page import router as page_router
+from pixlake.serve.uploads import UPLOAD_BODY, FreshnessProbes, read_upload, refusal
 from pixlake.serve.schemas import (
     CollectionInfo,
     CollectionsResponse,
@@ -45,7 +44,6 @@ from pixlake.serve.schemas import (
     ErasureRequest,
     ErrorBody,
     ItemInfo,
-    ItemUpload,
     ItemWritten,
     SearchRequest,
     SearchResponse,
@@ -66,20 +64,6 @@ REPLICA_RETRY_S = 30.0
 # a token per 2 MiB (a 3 MiB 12 MP JPEG draws in about the time of a search here; a demo
 # PNG costs a two-hundredth of a token).
 THUMBNAIL_COST, DRAW_BYTES_PER_TOKEN = 0.1, 2 * 1024 * 1024
-# An upload refused by the Searcher: its HTTP status by refusal code.
-_REFUSAL_STATUS = {"erased_subject": 409, "model_mismatch": 409, "quota_exceeded": 403, "invalid_meta": 422,
-                   "invalid_subject": 422}
-# The freshness probe: how often it searches for a new upload, for how long at most, and how
-# many uploads one ingress replica probes at once (past that, an upload is not probed).
-PROBE_EVERY_S, PROBE_DEADLINE_S, MAX_PROBES = 0.025, 30.0, 8
-
-
-class ApiError(Exception):
-    """A 4xx answer with a stable code and a message."""
-
-    def __init__(self, status: int, code: str, message: str, headers: Optional[dict] = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
 def _error(status: int, code: str, message: str, detail: Any = None, headers: Optional[dict] = None) -> JSONResponse:
@@ -184,7 +168,7 @@ class Ingress:
         _metrics.watch_thumbnail_cache(self.thumbnails.cache)  # hit rate: is 64 MiB per replica enough?
         self._info = None  # model info, fetched from the encoder on first use
         self._uploads = 0  # uploads in progress in this replica (serve.max_pending_uploads)
-        self._probes: set[asyncio.Task] = set()  # freshness probes running
+        self.probes = FreshnessProbes(_metrics)
         self._erasure_poll = asyncio.get_running_loop().create_task(self._evict_erased())
         self._pil = None
 
@@ -220,13 +204,6 @@ class Ingress:
             name = {413: "payload_too_large", 415: "unsupported_media_type"}.get(status, "undecodable_image")
             raise ApiError(status, name, f"image rejected: {image.reason}")
         return self._pil(image)
-
-    @staticmethod
-    def _b64(field: str, value: str) -> bytes:
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ApiError(422, "invalid_request", f"{field}: not valid base64") from e
 
     async def _embed(self, text: Optional[str], image: Optional[bytes]) -> list[np.ndarray]:
         await self._model()
@@ -272,7 +249,7 @@ class Ingress:
             hits = await self._search(principal, None, body.k, body.filter, body.collection, body.item_id,
                                       body.min_score, body.collapse_duplicates)
             return self._respond(hits, started)
-        image = self._b64("image", body.image) if body.image is not None else None
+        image = b64("image", body.image) if body.image is not None else None
         vectors = await self._embed(body.text, image)
         weights = [body.weights.text, body.weights.image] if body.weights and len(vectors) == 2 else [1.0] * len(vectors)
         vector = combine(vectors, weights)
@@ -294,7 +271,7 @@ class Ingress:
     @observed("/v1/embed", "embed")
     async def embed(self, body: EmbedRequest, request: Request) -> EmbedResponse:
         """The plaintext embedding of one text or image."""
-        image = self._b64("image", body.image) if body.image is not None else None
+        image = b64("image", body.image) if body.image is not None else None
         vector = (await self._embed(body.text, image))[0]
         return EmbedResponse(vector=[float(x) for x in vector], model=self._info["fingerprint"])
 
@@ -367,46 +344,7 @@ class Ingress:
             raise ApiError(404, "not_found", f"no erasure {erasure_id} in this tenant")
         return ErasureReceipt(**receipt)
 
-    async def _read_upload(self, request: Request) -> tuple[bytes, Optional[str], Any]:
-        """The image bytes, subject and metadata of ``POST /v1/items``, multipart or JSON."""
-        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if kind == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=8)
-            except StarletteHTTPException:
-                raise
-            except Exception as e:  # a malformed multipart body
-                raise ApiError(400, "bad_request", f"unreadable multipart body: {e}") from e
-            file = form.get("file")
-            if file is None or isinstance(file, str):
-                raise ApiError(422, "invalid_request", "file: a multipart file field named 'file' is required")
-            subject = form.get("subject")
-            if subject is not None and not isinstance(subject, str):
-                raise ApiError(422, "invalid_request", "subject: a text field")
-            meta = form.get("meta")
-            try:
-                meta = json_meta(meta if isinstance(meta, str) else None)
-            except IngestRefused as e:
-                raise ApiError(422, e.code, str(e)) from e
-            return await file.read(self.limits.max_bytes + 1), subject or None, meta
-        if kind == "application/json":
-            try:
-                body = ItemUpload.model_validate_json(await request.body())
-            except ValueError as e:
-                errors = getattr(e, "errors", lambda: [])()
-                first = errors[0] if errors else {}
-                field = ".".join(str(p) for p in first.get("loc", ())) or "body"
-                raise ApiError(422, "invalid_request", f"{field}: {first.get('msg', e)}") from e
-            return self._b64("image", body.image), body.subject, body.meta
-        raise ApiError(415, "unsupported_media_type", "send multipart/form-data (file, subject, meta) or "
-                                                      "application/json (image, subject, meta)")
-
-    @api.post("/v1/items", status_code=201, response_model=ItemWritten, openapi_extra={"requestBody": {
-        "required": True, "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary"}, "subject": {"type": "string"},
-                "meta": {"type": "string", "description": "a JSON object"}}}},
-            "application/json": {"schema": ItemUpload.model_json_schema()}}}},
+    @api.post("/v1/items", status_code=201, response_model=ItemWritten, openapi_extra={"requestBody": UPLOAD_BODY},
         responses={**_ERRORS, 200: {"model": ItemWritten, "description": "the same image of the same subject is stored already"}})
     @observed("/v1/items", "ingest", method="POST")
     async def add_item(self, request: Request) -> JSONResponse:
@@ -432,12 +370,12 @@ class Ingress:
 
     async def _add_item(self, request: Request) -> tuple[ItemWritten, str]:
         principal = principal_of(request.scope)
-        data, subject, meta = await self._read_upload(request)
+        data, subject, meta = await read_upload(request, self.limits.max_bytes)
         info = await self._model()
         prepared = await call_replica(self.searcher.prepare_upload, principal.tenant, subject, data, meta,
                                       info["fingerprint"])
         if prepared["status"] == "refused":
-            raise ApiError(_REFUSAL_STATUS.get(prepared["code"], 422), prepared["code"], prepared["message"])
+            raise refusal(prepared["code"], prepared["message"])
         if prepared["status"] == "exists":
             return ItemWritten(id=prepared["id"], status="exists", searchable_after_ms=0.0), "exists"
         upload = prepared["upload"]
@@ -445,35 +383,12 @@ class Ingress:
         upload.vector = await call_replica(self.encoder.embed_pixels, pixels)
         written = await call_replica(self.searcher.write_upload, upload)
         if written["status"] not in ("created", "exists"):
-            code = written["status"]
-            raise ApiError(_REFUSAL_STATUS.get(code, 409), code, {
-                "erased_subject": "this subject was erased from the tenant; its images are refused",
-                "quota_exceeded": "the tenant is at its row quota (serve.max_rows_per_tenant)"}.get(code, code))
+            raise refusal(written["status"])
         if written["status"] == "created":
-            self._probe(principal.tenant, upload.id, upload.vector)
+            self.probes.start(functools.partial(call_replica, self.searcher.search), principal.tenant, upload.id,
+                              upload.vector)
         return ItemWritten(id=upload.id, status=written["status"],
                            searchable_after_ms=written["searchable_after_ms"]), written["status"]
-
-    def _probe(self, tenant: str, item_id: str, vector: np.ndarray) -> None:
-        """Measure freshness: search for a new upload until a search returns it."""
-        if len(self._probes) >= MAX_PROBES:
-            return
-        task = asyncio.get_running_loop().create_task(self._freshness(tenant, item_id, vector, time.perf_counter()))
-        self._probes.add(task)
-        task.add_done_callback(self._probes.discard)
-
-    async def _freshness(self, tenant: str, item_id: str, vector: np.ndarray, answered: float) -> None:
-        while time.perf_counter() - answered < PROBE_DEADLINE_S:
-            try:
-                hits = await call_replica(self.searcher.search, vector, 3, tenant, None)
-            except Exception:  # a probe never fails anything; the next try may answer
-                log.warning("freshness probe search failed", exc_info=True)
-                hits = []
-            if any(h["id"] == item_id for h in hits):
-                _metrics.observe_freshness(time.perf_counter() - answered)
-                return
-            await asyncio.sleep(PROBE_EVERY_S)
-        _metrics.observe_freshness(None)
 
     @api.get("/v1/items/{item_id}", response_model=ItemInfo, responses=_ERRORS)
     @observed("/v1/items/{id}", "search", method="GET")
